@@ -1,1 +1,241 @@
-//! placeholder
+//! Generates the guest: a wasm module that imports N shard memories (memory64)
+//! plus a scratch memory, and reads tensors in place through the routing table.
+//!
+//! No compiler emits multi-memory accesses (and no Rust can be compiled to wasm
+//! on our machines), so the module is generated as WAT and assembled. Each load
+//! names its memory as an immediate, so every function that reads weights is
+//! emitted once per shard memory and reached through a `br_table` dispatcher.
+
+pub mod abi;
+
+use std::fmt::Write;
+
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const P3: u64 = 0x1656_67B1_9E37_79F9;
+const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+const P5: u64 = 0x27D4_EB2F_1656_67C5;
+
+/// An i64 constant as WAT text (signed decimal, which every assembler takes).
+fn k(value: u64) -> String {
+    format!("(i64.const {})", value as i64)
+}
+
+/// XXH64's round, inlined (Cranelift does not inline wasm calls).
+fn round(acc: &str, input: &str) -> String {
+    format!("(i64.mul (i64.rotl (i64.add {acc} (i64.mul {input} {p2})) (i64.const 31)) {p1})", p2 = k(P2), p1 = k(P1))
+}
+
+/// XXH64 of `len` bytes at `p` in memory `$mem`, per the XXH64 spec (seed 0).
+/// The stripe loop keeps the four accumulators in scalar registers: x86-64
+/// without AVX-512 has no 64-bit lane multiply, and the i64x2 version measured
+/// slower (see README's benchmarks).
+fn xxh64_function(shard: u32) -> String {
+    let m = shard + 1;
+    let load = |offset: u32| format!("(i64.load $m{m} offset={offset} (local.get $p))");
+    let merge = |v: &str| {
+        format!(
+            "(local.set $h (i64.add (i64.mul (i64.xor (local.get $h) {r}) {p1}) {p4}))",
+            r = round("(i64.const 0)", &format!("(local.get {v})")),
+            p1 = k(P1),
+            p4 = k(P4)
+        )
+    };
+    format!(
+        r#"
+  (func $xxh64_{shard} (param $p i64) (param $n i64) (result i64)
+    (local $end i64) (local $h i64) (local $v1 i64) (local $v2 i64) (local $v3 i64) (local $v4 i64)
+    (local.set $end (i64.add (local.get $p) (local.get $n)))
+    (if (i64.lt_u (local.get $end) (local.get $p)) (then unreachable))
+    (if (i64.ge_u (local.get $n) (i64.const 32))
+      (then
+        (local.set $v1 {v1}) (local.set $v2 {p2}) (local.set $v3 (i64.const 0)) (local.set $v4 {v4})
+        (loop $stripes
+          (local.set $v1 {r1})
+          (local.set $v2 {r2})
+          (local.set $v3 {r3})
+          (local.set $v4 {r4})
+          (local.set $p (i64.add (local.get $p) (i64.const 32)))
+          (br_if $stripes (i64.le_u (i64.add (local.get $p) (i64.const 32)) (local.get $end))))
+        (local.set $h (i64.add
+          (i64.add (i64.rotl (local.get $v1) (i64.const 1)) (i64.rotl (local.get $v2) (i64.const 7)))
+          (i64.add (i64.rotl (local.get $v3) (i64.const 12)) (i64.rotl (local.get $v4) (i64.const 18)))))
+        {m1} {m2} {m3} {m4})
+      (else (local.set $h {p5})))
+    (local.set $h (i64.add (local.get $h) (local.get $n)))
+    (block $no_more_eights
+      (loop $eights
+        (br_if $no_more_eights (i64.gt_u (i64.add (local.get $p) (i64.const 8)) (local.get $end)))
+        (local.set $h (i64.add (i64.mul (i64.rotl (i64.xor (local.get $h) {r8}) (i64.const 27)) {p1}) {p4}))
+        (local.set $p (i64.add (local.get $p) (i64.const 8)))
+        (br $eights)))
+    (if (i64.le_u (i64.add (local.get $p) (i64.const 4)) (local.get $end))
+      (then
+        (local.set $h (i64.add (i64.mul (i64.rotl (i64.xor (local.get $h)
+          (i64.mul (i64.load32_u $m{m} (local.get $p)) {p1})) (i64.const 23)) {p2}) {p3}))
+        (local.set $p (i64.add (local.get $p) (i64.const 4)))))
+    (block $no_more_bytes
+      (loop $bytes
+        (br_if $no_more_bytes (i64.ge_u (local.get $p) (local.get $end)))
+        (local.set $h (i64.mul (i64.rotl (i64.xor (local.get $h)
+          (i64.mul (i64.load8_u $m{m} (local.get $p)) {p5})) (i64.const 11)) {p1}))
+        (local.set $p (i64.add (local.get $p) (i64.const 1)))
+        (br $bytes)))
+    (local.set $h (i64.mul (i64.xor (local.get $h) (i64.shr_u (local.get $h) (i64.const 33))) {p2}))
+    (local.set $h (i64.mul (i64.xor (local.get $h) (i64.shr_u (local.get $h) (i64.const 29))) {p3}))
+    (i64.xor (local.get $h) (i64.shr_u (local.get $h) (i64.const 32))))"#,
+        v1 = k(P1.wrapping_add(P2)),
+        v4 = k(0u64.wrapping_sub(P1)),
+        r1 = round("(local.get $v1)", &load(0)),
+        r2 = round("(local.get $v2)", &load(8)),
+        r3 = round("(local.get $v3)", &load(16)),
+        r4 = round("(local.get $v4)", &load(24)),
+        m1 = merge("$v1"),
+        m2 = merge("$v2"),
+        m3 = merge("$v3"),
+        m4 = merge("$v4"),
+        r8 = round("(i64.const 0)", &load(0)),
+        p1 = k(P1),
+        p2 = k(P2),
+        p3 = k(P3),
+        p4 = k(P4),
+        p5 = k(P5),
+    )
+}
+
+/// The bandwidth probe over memory `$mem`: XOR of every 16-byte chunk of the
+/// range (zero-padded at the end), folded to 64 bits (low lane ^ high lane).
+/// Every byte changes the result, so nothing can skip a load.
+fn stream_function(shard: u32) -> String {
+    let m = shard + 1;
+    format!(
+        r#"
+  (func $stream_{shard} (param $p i64) (param $n i64) (result i64)
+    (local $end i64) (local $a v128) (local $b v128) (local $c v128) (local $d v128) (local $tail i64) (local $shift i64)
+    (local.set $end (i64.add (local.get $p) (local.get $n)))
+    (if (i64.lt_u (local.get $end) (local.get $p)) (then unreachable))
+    (block $no_more_sixty_fours
+      (loop $sixty_fours
+        (br_if $no_more_sixty_fours (i64.gt_u (i64.add (local.get $p) (i64.const 64)) (local.get $end)))
+        (local.set $a (v128.xor (local.get $a) (v128.load $m{m} (local.get $p))))
+        (local.set $b (v128.xor (local.get $b) (v128.load $m{m} offset=16 (local.get $p))))
+        (local.set $c (v128.xor (local.get $c) (v128.load $m{m} offset=32 (local.get $p))))
+        (local.set $d (v128.xor (local.get $d) (v128.load $m{m} offset=48 (local.get $p))))
+        (local.set $p (i64.add (local.get $p) (i64.const 64)))
+        (br $sixty_fours)))
+    (local.set $a (v128.xor (v128.xor (local.get $a) (local.get $b)) (v128.xor (local.get $c) (local.get $d))))
+    (block $no_more_sixteens
+      (loop $sixteens
+        (br_if $no_more_sixteens (i64.gt_u (i64.add (local.get $p) (i64.const 16)) (local.get $end)))
+        (local.set $a (v128.xor (local.get $a) (v128.load $m{m} (local.get $p))))
+        (local.set $p (i64.add (local.get $p) (i64.const 16)))
+        (br $sixteens)))
+    (block $no_more_bytes
+      (loop $bytes
+        (br_if $no_more_bytes (i64.ge_u (local.get $p) (local.get $end)))
+        (local.set $tail (i64.xor (local.get $tail) (i64.shl (i64.load8_u $m{m} (local.get $p)) (local.get $shift))))
+        (local.set $shift (i64.and (i64.add (local.get $shift) (i64.const 8)) (i64.const 63)))
+        (local.set $p (i64.add (local.get $p) (i64.const 1)))
+        (br $bytes)))
+    (i64.xor (local.get $tail)
+      (i64.xor (i64x2.extract_lane 0 (local.get $a)) (i64x2.extract_lane 1 (local.get $a)))))"#
+    )
+}
+
+/// An exported dispatcher `$export(shard, p, n)` that calls `$target_{k}` for
+/// shard k through a `br_table`, trapping on an unknown shard.
+fn dispatcher(export: &str, target: &str, shards: u32) -> String {
+    let mut text = format!("\n  (func ${export} (export \"{export}\") (param $shard i32) (param $p i64) (param $n i64) (result i64)\n");
+    text += "    (block $unknown_shard\n";
+    for k in (0..shards).rev() {
+        let _ = writeln!(text, "    (block $s{k}");
+    }
+    let targets: String = (0..shards).map(|k| format!("$s{k} ")).collect();
+    // The br_table closes the innermost block; each shard's return closes the next one out.
+    let _ = writeln!(text, "      (br_table {targets}$unknown_shard (local.get $shard)))");
+    for k in 0..shards {
+        let _ = writeln!(text, "      (return (call ${target}_{k} (local.get $p) (local.get $n))))");
+    }
+    text + "    unreachable)"
+}
+
+/// Exports over the tables: `route`, and per-tensor entry points.
+fn table_functions() -> String {
+    let header = abi::HEADER_BYTES;
+    let route_bytes = abi::ROUTE_BYTES;
+    let tensor_bytes = abi::TENSOR_BYTES;
+    format!(
+        r#"
+  (func $n_routes (result i32) (i32.load $m0 offset=8 (i32.const 0)))
+  (func $n_tensors (result i32) (i32.load $m0 offset=12 (i32.const 0)))
+
+  ;; Address of tensor $t's entry; traps on an unknown tensor.
+  (func $tensor_entry (param $t i32) (result i32)
+    (if (i32.ge_u (local.get $t) (call $n_tensors)) (then unreachable))
+    (i32.add (i32.add (i32.const {header}) (i32.mul (call $n_routes) (i32.const {route_bytes})))
+             (i32.mul (local.get $t) (i32.const {tensor_bytes}))))
+
+  ;; (shard, offset) of a logical offset, or (-1, 0) where no tensor lies:
+  ;; binary search for the last route starting at or before $x.
+  (func (export "route") (param $x i64) (result i32 i64)
+    (local $lo i32) (local $hi i32) (local $mid i32) (local $e i32)
+    (local.set $hi (call $n_routes))
+    (block $found
+      (loop $search
+        (br_if $found (i32.ge_u (local.get $lo) (local.get $hi)))
+        (local.set $mid (i32.shr_u (i32.add (local.get $lo) (local.get $hi)) (i32.const 1)))
+        (if (i64.le_u (i64.load $m0 (i32.add (i32.const {header}) (i32.mul (local.get $mid) (i32.const {route_bytes})))) (local.get $x))
+          (then (local.set $lo (i32.add (local.get $mid) (i32.const 1))))
+          (else (local.set $hi (local.get $mid))))
+        (br $search)))
+    (if (i32.eqz (local.get $lo)) (then (return (i32.const -1) (i64.const 0))))
+    (local.set $e (i32.add (i32.const {header}) (i32.mul (i32.sub (local.get $lo) (i32.const 1)) (i32.const {route_bytes}))))
+    (if (i64.ge_u (local.get $x) (i64.load $m0 offset=8 (local.get $e))) (then (return (i32.const -1) (i64.const 0))))
+    (i32.load $m0 offset=16 (local.get $e))
+    (i64.add (i64.load $m0 offset=24 (local.get $e)) (i64.sub (local.get $x) (i64.load $m0 (local.get $e)))))
+
+  ;; XXH64 (seed 0) of tensor $t's bytes, read in place from its shard.
+  (func (export "xxh64_tensor") (param $t i32) (result i64)
+    (local $e i32)
+    (local.set $e (call $tensor_entry (local.get $t)))
+    (call $xxh64_range (i32.load $m0 (local.get $e)) (i64.load $m0 offset=8 (local.get $e)) (i64.load $m0 offset=16 (local.get $e))))
+
+  ;; Streams tensor $t's bytes through v128 loads (the bandwidth probe).
+  (func (export "stream_tensor") (param $t i32) (result i64)
+    (local $e i32)
+    (local.set $e (call $tensor_entry (local.get $t)))
+    (call $stream_range (i32.load $m0 (local.get $e)) (i64.load $m0 offset=8 (local.get $e)) (i64.load $m0 offset=16 (local.get $e))))"#
+    )
+}
+
+/// The guest's WAT text for `shards` shard memories.
+pub fn guest_wat(shards: u32) -> String {
+    let mut wat = String::from("(module\n");
+    let _ = writeln!(
+        wat,
+        "  (import \"{}\" \"{}\" (memory $m0 {}))",
+        abi::IMPORT_MODULE,
+        abi::SCRATCH_IMPORT,
+        abi::SCRATCH_MIN_PAGES
+    );
+    for k in 0..shards {
+        let _ = writeln!(wat, "  (import \"{}\" \"{}\" (memory $m{} i64 0))", abi::IMPORT_MODULE, abi::shard_import(k), k + 1);
+    }
+    wat += &table_functions();
+    wat += &dispatcher("xxh64_range", "xxh64", shards);
+    wat += &dispatcher("stream_range", "stream", shards);
+    for k in 0..shards {
+        wat += &xxh64_function(k);
+        wat += &stream_function(k);
+    }
+    wat += "\n)\n";
+    wat
+}
+
+/// The guest module for `shards` shard memories, assembled.
+pub fn guest_wasm(shards: u32) -> Result<Vec<u8>, String> {
+    if shards == 0 {
+        return Err("a guest needs at least one shard memory".into());
+    }
+    wat::parse_str(guest_wat(shards)).map_err(|e| e.to_string())
+}

@@ -1,0 +1,48 @@
+//! Synthetic models with the exact tensor inventory of real architectures,
+//! for what no small real file can show: a 70B model's plan and mapping.
+//! Written without data they are sparse files (header + hole).
+
+use crate::{GgmlType, GgufWriter, Value};
+
+/// Llama-3-70B at llama.cpp's Q4_K_M: 724 tensors, 42,470,588,672 bytes of
+/// tensor data at 32-byte alignment.
+pub fn llama3_70b_q4_k_m() -> GgufWriter {
+    llama3_70b_q4_k_m_blocks(80)
+}
+
+/// The first `blocks` transformer blocks of Llama-3-70B Q4_K_M with its
+/// embeddings and output: a multi-GB model with 70B-sized tensors (4 blocks
+/// make about 3.3 GB), for benches that need real bytes on disk.
+pub fn llama3_70b_q4_k_m_blocks(blocks: u64) -> GgufWriter {
+    use GgmlType::{F32, Q4_K, Q6_K};
+    let (embed, ffn, kv, vocab) = (8192, 28672, 1024, 128256);
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", Value::String("llama".into()))
+        .kv("general.name", Value::String("Llama-3-70B synthetic inventory (Q4_K_M)".into()))
+        .kv("llama.block_count", Value::U32(blocks as u32))
+        .kv("llama.context_length", Value::U32(8192))
+        .kv("llama.embedding_length", Value::U32(embed as u32))
+        .kv("llama.feed_forward_length", Value::U32(ffn as u32))
+        .kv("llama.attention.head_count", Value::U32(64))
+        .kv("llama.attention.head_count_kv", Value::U32(8))
+        .kv("llama.rope.freq_base", Value::F32(500000.0))
+        .kv("general.file_type", Value::U32(15));
+    w.tensor("token_embd.weight", Q4_K, &[embed, vocab]).tensor("rope_freqs.weight", F32, &[64]);
+    for i in 0..blocks {
+        // llama.cpp's Q4_K_M keeps attn_v and ffn_down at Q6_K on these blocks.
+        let more_bits = i < 10 || i >= 70 || (i as i64 - 10) % 3 == 2;
+        let v_down = if more_bits { Q6_K } else { Q4_K };
+        let name = |t: &str| format!("blk.{i}.{t}.weight");
+        w.tensor(&name("attn_norm"), F32, &[embed])
+            .tensor(&name("attn_q"), Q4_K, &[embed, embed])
+            .tensor(&name("attn_k"), Q4_K, &[embed, kv])
+            .tensor(&name("attn_v"), v_down, &[embed, kv])
+            .tensor(&name("attn_output"), Q4_K, &[embed, embed])
+            .tensor(&name("ffn_norm"), F32, &[embed])
+            .tensor(&name("ffn_gate"), Q4_K, &[embed, ffn])
+            .tensor(&name("ffn_up"), Q4_K, &[embed, ffn])
+            .tensor(&name("ffn_down"), v_down, &[ffn, embed]);
+    }
+    w.tensor("output_norm.weight", F32, &[embed]).tensor("output.weight", Q6_K, &[embed, vocab]);
+    w
+}
