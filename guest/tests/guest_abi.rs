@@ -1,0 +1,184 @@
+//! The generated guest against real wasmtime memories and independent references.
+
+use proptest::prelude::*;
+use shardload_guest::{abi, guest_wasm};
+use wasmtime::{Config, Engine, Instance, Linker, Memory, MemoryType, Module, Store, TypedFunc};
+use xxhash_rust::xxh64::xxh64;
+
+const PAGE: usize = 64 * 1024;
+
+/// A guest over `shards` memory64 memories of `pages` pages of seeded bytes each.
+struct Guest {
+    store: Store<()>,
+    instance: Instance,
+    shards: Vec<Memory>,
+    scratch: Memory,
+}
+
+impl Guest {
+    fn new(shards: u32, pages: u64, tables: &[u8]) -> Guest {
+        let mut config = Config::new();
+        config.wasm_memory64(true).wasm_multi_memory(true).wasm_simd(true);
+        let engine = Engine::new(&config).unwrap();
+        let module = Module::new(&engine, guest_wasm(shards).unwrap()).unwrap();
+        let mut store = Store::new(&engine, ());
+        let mut linker = Linker::new(&engine);
+        let scratch_pages = (tables.len().div_ceil(PAGE) as u32).max(1);
+        let scratch = Memory::new(&mut store, MemoryType::new(scratch_pages, None)).unwrap();
+        scratch.data_mut(&mut store)[..tables.len()].copy_from_slice(tables);
+        linker.define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch).unwrap();
+        let mut memories = Vec::new();
+        for k in 0..shards {
+            let memory = Memory::new(&mut store, MemoryType::new64(pages, Some(pages))).unwrap();
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(k);
+            for byte in memory.data_mut(&mut store) {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *byte = (state >> 56) as u8;
+            }
+            linker.define(&mut store, abi::IMPORT_MODULE, &abi::shard_import(k), memory).unwrap();
+            memories.push(memory);
+        }
+        let instance = linker.instantiate(&mut store, &module).unwrap();
+        Guest { store, instance, shards: memories, scratch }
+    }
+
+    fn func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(&mut self, name: &str) -> TypedFunc<P, R> {
+        self.instance.get_typed_func(&mut self.store, name).unwrap()
+    }
+
+    fn bytes(&self, shard: usize, offset: usize, len: usize) -> Vec<u8> {
+        self.shards[shard].data(&self.store)[offset..offset + len].to_vec()
+    }
+
+    fn xxh64_range(&mut self, shard: u32, offset: u64, len: u64) -> wasmtime::Result<u64> {
+        let f = self.func::<(i32, i64, i64), i64>("xxh64_range");
+        f.call(&mut self.store, (shard as i32, offset as i64, len as i64)).map(|h| h as u64)
+    }
+
+    fn stream_range(&mut self, shard: u32, offset: u64, len: u64) -> wasmtime::Result<u64> {
+        let f = self.func::<(i32, i64, i64), i64>("stream_range");
+        f.call(&mut self.store, (shard as i32, offset as i64, len as i64)).map(|h| h as u64)
+    }
+}
+
+/// The stream fold defined in the ABI: XOR of 16-byte chunks (zero-padded), low lane ^ high lane.
+fn stream_model(bytes: &[u8]) -> u64 {
+    let mut acc = [0u8; 16];
+    for chunk in bytes.chunks(16) {
+        for (a, b) in acc.iter_mut().zip(chunk) {
+            *a ^= b;
+        }
+    }
+    u64::from_le_bytes(acc[..8].try_into().unwrap()) ^ u64::from_le_bytes(acc[8..].try_into().unwrap())
+}
+
+fn features(multi_memory: bool) -> wasmparser::WasmFeatures {
+    let mut f = wasmparser::WasmFeatures::default();
+    f.set(wasmparser::WasmFeatures::MEMORY64, true);
+    f.set(wasmparser::WasmFeatures::SIMD, true);
+    f.set(wasmparser::WasmFeatures::MULTI_MEMORY, multi_memory);
+    f
+}
+
+#[test]
+fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memory() {
+    for shards in [1, 2, 4, 16, 64] {
+        let wasm = guest_wasm(shards).unwrap();
+        wasmparser::Validator::new_with_features(features(true)).validate_all(&wasm).unwrap();
+        assert!(wasmparser::Validator::new_with_features(features(false)).validate_all(&wasm).is_err());
+    }
+}
+
+#[test]
+fn xxh64_of_every_short_length_matches_xxhash_rust_in_every_shard() {
+    for shards in [4, 7] {
+        let mut guest = Guest::new(shards, 1, &abi::encode_tables(&[], &[]));
+        for shard in 0..shards {
+            for len in 0..=300u64 {
+                let offset = (len * 37 + u64::from(shard)) % 1000;
+                let expected = xxh64(&guest.bytes(shard as usize, offset as usize, len as usize), 0);
+                assert_eq!(guest.xxh64_range(shard, offset, len).unwrap(), expected, "shard {shard} len {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn xxh64_of_the_empty_input_is_the_canonical_value() {
+    let mut guest = Guest::new(1, 1, &abi::encode_tables(&[], &[]));
+    assert_eq!(guest.xxh64_range(0, 0, 0).unwrap(), 0xEF46_DB37_51D8_E999);
+}
+
+#[test]
+fn a_range_past_the_memory_or_an_unknown_shard_or_tensor_traps() {
+    let tables = abi::encode_tables(&[], &[abi::TensorLoc { shard: 0, offset: 0, bytes: 10 }]);
+    let mut guest = Guest::new(2, 1, &tables);
+    let error = guest.xxh64_range(0, PAGE as u64 - 8, 64).unwrap_err();
+    assert!(format!("{error:?}").contains("out of bounds"), "{error:?}");
+    assert!(guest.stream_range(2, 0, 8).is_err());
+    assert!(guest.xxh64_range(0, u64::MAX - 4, 16).is_err());
+    let by_tensor = guest.func::<i32, i64>("xxh64_tensor");
+    assert!(by_tensor.call(&mut guest.store, 0).is_ok());
+    assert!(by_tensor.call(&mut guest.store, 1).is_err());
+}
+
+#[test]
+fn tensor_exports_read_the_table_entry() {
+    let loc = abi::TensorLoc { shard: 2, offset: 12345, bytes: 5000 };
+    let mut guest = Guest::new(3, 1, &abi::encode_tables(&[], &[loc, loc]));
+    let expected = xxh64(&guest.bytes(2, 12345, 5000), 0);
+    let f = guest.func::<i32, i64>("xxh64_tensor");
+    assert_eq!(f.call(&mut guest.store, 1).unwrap() as u64, expected);
+    let expected = stream_model(&guest.bytes(2, 12345, 5000));
+    let f = guest.func::<i32, i64>("stream_tensor");
+    assert_eq!(f.call(&mut guest.store, 0).unwrap() as u64, expected);
+    let _ = guest.scratch;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn xxh64_of_long_ranges_matches_xxhash_rust(shard in 0u32..4, offset in 0u64..100_000, len in 0u64..3_000_000) {
+        let mut guest = Guest::new(4, 64, &abi::encode_tables(&[], &[]));
+        let len = len.min(64 * PAGE as u64 - offset);
+        let expected = xxh64(&guest.bytes(shard as usize, offset as usize, len as usize), 0);
+        prop_assert_eq!(guest.xxh64_range(shard, offset, len).unwrap(), expected);
+    }
+
+    #[test]
+    fn stream_equals_its_model_and_every_byte_changes_it(offset in 0u64..1000, len in 1u64..200_000, flip in any::<prop::sample::Index>()) {
+        let mut guest = Guest::new(2, 4, &abi::encode_tables(&[], &[]));
+        let bytes = guest.bytes(1, offset as usize, len as usize);
+        let before = guest.stream_range(1, offset, len).unwrap();
+        prop_assert_eq!(before, stream_model(&bytes));
+        let at = offset as usize + flip.index(len as usize);
+        let memory = guest.shards[1];
+        memory.data_mut(&mut guest.store)[at] ^= 0x5A;
+        prop_assert_ne!(guest.stream_range(1, offset, len).unwrap(), before);
+    }
+
+    #[test]
+    fn route_agrees_with_a_host_reference(
+        gaps in prop::collection::vec((0u64..1000, 1u64..5000, 0u32..5, 0u64..1 << 40), 0..40),
+        probes in prop::collection::vec(0u64..300_000, 100),
+    ) {
+        let mut routes = Vec::new();
+        let mut cursor = 0;
+        for (gap, len, shard, shard_offset) in gaps {
+            let start = cursor + gap;
+            routes.push(abi::Route { logical_start: start, logical_end: start + len, shard, shard_offset });
+            cursor = start + len;
+        }
+        let mut guest = Guest::new(5, 1, &abi::encode_tables(&routes, &[]));
+        let route = guest.func::<i64, (i32, i64)>("route");
+        let reference = |x: u64| {
+            routes.iter().find(|r| r.logical_start <= x && x < r.logical_end)
+                .map_or((-1, 0), |r| (r.shard as i32, (r.shard_offset + x - r.logical_start) as i64))
+        };
+        let edges = routes.iter().flat_map(|r| [r.logical_start, r.logical_end, r.logical_end - 1, r.logical_start.saturating_sub(1)]);
+        for x in probes.into_iter().chain(edges) {
+            prop_assert_eq!(route.call(&mut guest.store, x as i64).unwrap(), reference(x), "offset {}", x);
+        }
+    }
+}
