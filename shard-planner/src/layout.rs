@@ -53,7 +53,9 @@ pub struct ModelLayout {
 
 impl ModelLayout {
     /// Offset of each file's data section in the logical tensor-data space,
-    /// which concatenates the files' data sections in split order.
+    /// which concatenates the files' data sections in split order, each
+    /// starting on the alignment (so a split set and the single file it was
+    /// split from give every tensor the same logical offset).
     ///
     /// `None` when the sizes are inconsistent or overflow.
     pub fn logical_bases(&self) -> Option<Vec<u64>> {
@@ -61,7 +63,8 @@ impl ModelLayout {
         let mut next = 0u64;
         for file in &self.files {
             bases.push(next);
-            next = next.checked_add(file.size.checked_sub(file.data_offset)?)?;
+            let end = next.checked_add(file.size.checked_sub(file.data_offset)?)?;
+            next = end.checked_next_multiple_of(self.alignment.max(1))?;
         }
         Some(bases)
     }

@@ -248,22 +248,23 @@ impl Prepared {
         open.map_or(Ok(0), OpenExtent::shard_bytes)
     }
 
-    /// Splits units into at most `max_shards` shards (or as many as needed when
-    /// `None`) of at most `cap` bytes, each as long as it can be while leaving
-    /// one unit for each shard still to come. Returns the shards' unit ranges,
-    /// or `None` when `max_shards` shards cannot hold everything under `cap`.
+    /// Cuts units `from..` into shards of at most `cap` bytes, each as long as
+    /// it can be while leaving one unit for each of the `max_shards` still to
+    /// come (`None`: as many shards as needed). Returns the shards' unit
+    /// ranges, or `None` when `max_shards` shards cannot hold the units under `cap`.
     ///
     /// Shard sizes only grow as a shard takes more units, so taking the most
     /// that fit gives the fewest shards; holding back one unit per remaining
     /// shard turns that into exactly `max_shards` when enough units exist.
     fn cut(
         &self,
+        from: usize,
         cap: u64,
         max_shards: Option<usize>,
     ) -> Result<Option<Vec<Range<usize>>>, PlanError> {
         let n = self.units.len();
         let mut shards = Vec::new();
-        let mut start = 0;
+        let mut start = from;
         while start < n {
             let still_to_come = max_shards.map_or(0, |m| m.saturating_sub(shards.len() + 1));
             let last_allowed = n.saturating_sub(still_to_come).max(start + 1);
@@ -289,23 +290,43 @@ impl Prepared {
         Ok(Some(shards))
     }
 
-    /// The smallest largest-shard size with which `shards` shards hold everything.
-    fn best_cap(&self, shards: usize) -> Result<u64, PlanError> {
+    /// The smallest largest-shard size with which `shards` shards hold units `from..`.
+    fn best_cap(&self, from: usize, shards: usize) -> Result<u64, PlanError> {
         let mut low = 0;
-        for unit in 0..self.units.len() {
+        for unit in from..self.units.len() {
             low = low.max(self.shard_bytes(unit..unit + 1)?);
         }
-        let mut high = self.shard_bytes(0..self.units.len())?;
+        let mut high = self.shard_bytes(from..self.units.len())?;
         // Invariant: `high` fits, every cap below `low` does not; sizes are whole pages.
         while low < high {
             let mid = (low / WASM_PAGE + (high - low) / WASM_PAGE / 2) * WASM_PAGE;
-            if self.cut(mid, Some(shards))?.is_some() {
+            if self.cut(from, mid, Some(shards))?.is_some() {
                 high = mid;
             } else {
                 low = mid + WASM_PAGE;
             }
         }
         Ok(high)
+    }
+
+    /// Exactly `shards` shards with the smallest possible largest shard, and
+    /// among such plans a balanced one: each shard is cut greedily under the
+    /// best cap for what remains, so the shards after a forced large one share
+    /// the rest evenly instead of leaving crumbs at the end. Returns the
+    /// largest shard's size and the cuts.
+    fn balanced(&self, shards: usize) -> Result<(u64, Vec<Range<usize>>), PlanError> {
+        let mut cuts = Vec::with_capacity(shards);
+        let mut largest = 0;
+        let mut from = 0;
+        for remaining in (1..=shards).rev() {
+            let cap = self.best_cap(from, remaining)?;
+            largest = largest.max(cap);
+            let first = self.cut(from, cap, Some(remaining))?.and_then(|c| c.into_iter().next());
+            let first = first.ok_or(PlanError::TooLarge)?;
+            from = first.end;
+            cuts.push(first);
+        }
+        Ok((largest, cuts))
     }
 
     fn describe_unit(&self, layout: &ModelLayout, unit: usize) -> String {
@@ -370,21 +391,12 @@ impl Plan {
                 }
                 n
             }
-            None => prepared.cut(cap, None)?.map_or(0, |shards| shards.len()),
+            None => prepared.cut(0, cap, None)?.map_or(0, |shards| shards.len()),
         };
-        let best = if count == 0 {
-            0
-        } else {
-            prepared.best_cap(count)?
-        };
-        if best > cap {
-            return Err(PlanError::ShardsDoNotFit {
-                shards: count,
-                needed: best,
-                cap,
-            });
+        let (largest, cuts) = prepared.balanced(count)?;
+        if largest > cap {
+            return Err(PlanError::ShardsDoNotFit { shards: count, needed: largest, cap });
         }
-        let cuts = prepared.cut(best, Some(count))?.unwrap_or_default();
         Self::place(layout, &prepared, &cuts, options)
     }
 

@@ -1,1 +1,94 @@
-//! Test support.
+//! Shared by the end-to-end tests and benches: where the real models are, and
+//! the independent references (gguf-py, python-xxhash) through `scripts/gguf_ref.py`.
+//!
+//! Missing models or references fail loudly with the command that fixes it:
+//! a test that silently skips proves nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// SmolLM2-135M-Instruct, Q4_1: the default model (llama architecture).
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Gemma 3 270M, Q4_K_M: a second architecture and mix of quant types.
+pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The path of a real model fetched by `scripts/fetch-models`.
+pub fn model(name: &str) -> PathBuf {
+    let path = root().join("models").join(name);
+    assert!(path.exists(), "{} is missing: run scripts/fetch-models", path.display());
+    path
+}
+
+/// Runs `scripts/gguf_ref.py` and parses its JSON answer.
+pub fn gguf_ref(args: &[&str]) -> Value {
+    let script = root().join("scripts/gguf_ref.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "gguf_ref.py {args:?} failed (pip install -r scripts/requirements.txt?): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("gguf_ref.py prints JSON")
+}
+
+/// A tensor as gguf-py's reader sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReferenceTensor {
+    /// Tensor name.
+    pub name: String,
+    /// ggml type, gguf-py spelling.
+    pub ty: String,
+    /// Dims, ne0 first.
+    pub dims: Vec<u64>,
+    /// Data bytes.
+    pub bytes: u64,
+    /// Absolute file offset of the data.
+    pub data_offset: u64,
+}
+
+/// gguf-py's tensor table of a GGUF file.
+pub fn reference_tensors(path: &Path) -> Vec<ReferenceTensor> {
+    let table = gguf_ref(&["tensors", path.to_str().expect("utf-8 path")]);
+    table
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| ReferenceTensor {
+            name: t["name"].as_str().unwrap().to_string(),
+            ty: t["type"].as_str().unwrap().to_string(),
+            dims: t["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect(),
+            bytes: t["bytes"].as_u64().unwrap(),
+            data_offset: t["data_offset"].as_u64().unwrap(),
+        })
+        .collect()
+}
+
+/// Writes a llama.cpp-style split set of `source` into `dir` with gguf-py,
+/// `tensors_per_file` tensors per file; returns the files in order.
+pub fn make_split(source: &Path, dir: &Path, tensors_per_file: usize) -> Vec<PathBuf> {
+    let out = dir.join("split.gguf");
+    let files = gguf_ref(&[
+        "split",
+        source.to_str().expect("utf-8 path"),
+        out.to_str().expect("utf-8 path"),
+        &tensors_per_file.to_string(),
+    ]);
+    files.as_array().unwrap().iter().map(|f| PathBuf::from(f.as_str().unwrap())).collect()
+}
+
+/// XXH64 (seed 0) of every tensor's bytes, by python-xxhash over gguf-py's view.
+pub fn reference_xxh64(path: &Path) -> std::collections::HashMap<String, String> {
+    let hashes = gguf_ref(&["xxh64", path.to_str().expect("utf-8 path")]);
+    hashes.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect()
+}

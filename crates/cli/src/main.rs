@@ -1,1 +1,180 @@
-fn main() {}
+//! `shardload`: plan, build and run sharded multi-memory wasm weight stores.
+//!
+//! Thin by design: argument parsing and printing live here; reading models is
+//! `shardload-gguf`, planning is `shard-planner`, memories and the guest are
+//! `shardload-store`.
+
+mod guest_cmd;
+mod plan_cmd;
+mod run_cmd;
+mod units;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shard_planner::{Boundary, PlanOptions};
+
+/// The model `plan` and `run` use when none is named: what `scripts/fetch-models` fetches.
+const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser)]
+#[command(
+    name = "shardload",
+    version,
+    about = "Run 70B-class GGUF models in WebAssembly: weights sharded across memory64 memories",
+    long_about = "A single wasm memory tops out at 4 GiB (wasm32) or 16 GiB (memory64 in today's browsers), \
+far below a 70B model. shardload splits a GGUF model's tensors across several memory64 memories, maps them \
+straight from the file, and routes each logical tensor offset to a (memory, offset) pair for a guest module \
+that imports them all with multi-memory."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Split a model's tensors into shard memories and print (or write) the plan.
+    #[command(after_help = "Examples:
+  shardload plan models/SmolLM2-135M-Instruct.Q4_1.gguf --shards 4
+  shardload plan llama-70b-00001-of-00004.gguf                  # fewest 16 GiB shards
+  shardload plan model.gguf --max-shard-size 4GiB --boundary layer -o plan.json
+  shardload plan model.gguf --shards 4 --json | jq '.shards[].bytes'
+
+A split set is read whole from its first file (name-00001-of-0000N.gguf).")]
+    Plan(PlanArgs),
+    /// Build the shard memories, run the guest over them, and verify every tensor it reads.
+    #[command(after_help = "Examples:
+  shardload run                                          # the default model, fewest 16 GiB shards
+  shardload run models/gemma-3-270m-q4_k_m.gguf --shards 4
+  shardload run model.gguf --plan plan.json --load copy  # the copy baseline
+  shardload run llama-70b.gguf --shards 4 --sample 2 --instances 4 --json
+
+Verification: for each tensor, the guest computes XXH64 (seed 0) of its bytes in place, read
+through the routing table from its shard memory; the host computes it from the file. Exit 1
+if any differ. `xxh64` in --json is what `xxhsum -H1` prints for the tensor's bytes.")]
+    Run(RunArgs),
+    /// Write the guest module for N shard memories (for inspection or other runtimes).
+    #[command(after_help = "Example:\n  shardload guest --shards 4 -o guest.wasm\n\nThe ABI is documented in guest/README.md.")]
+    Guest(GuestArgs),
+}
+
+/// How to split a model: shared by every command that plans.
+#[derive(Args)]
+struct SplitArgs {
+    /// Exactly N shards, contiguous in storage order, with the smallest possible largest shard.
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
+    /// No shard memory larger than SIZE (16GiB, 512MiB, 1.5GB...). Without --shards: the fewest shards that fit.
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size, default_value = "16GiB")]
+    max_shard_size: u64,
+    /// Where shard cuts may fall: between any tensors, or only between transformer blocks (blk.N).
+    #[arg(long, value_enum, default_value_t = BoundaryArg::Tensor)]
+    boundary: BoundaryArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BoundaryArg {
+    /// Between any two tensors.
+    Tensor,
+    /// Only between transformer blocks, so no block straddles two memories.
+    Layer,
+}
+
+impl SplitArgs {
+    fn options(&self) -> PlanOptions {
+        PlanOptions {
+            shards: self.shards,
+            max_shard_size: self.max_shard_size,
+            boundary: match self.boundary {
+                BoundaryArg::Tensor => Boundary::Tensor,
+                BoundaryArg::Layer => Boundary::Layer,
+            },
+        }
+    }
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// The GGUF model (for a split set, its first file). Default: the model scripts/fetch-models fetches.
+    #[arg(value_name = "MODEL.gguf", default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    #[command(flatten)]
+    split: SplitArgs,
+    /// Print the plan as JSON (the plan file format) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write the plan file here (for `shardload run --plan`).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The GGUF model (for a split set, its first file). Default: the model scripts/fetch-models fetches.
+    #[arg(value_name = "MODEL.gguf", default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Use this plan file (from `shardload plan -o`) instead of planning; refused if made from another model.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
+    plan: Option<PathBuf>,
+    #[command(flatten)]
+    split: SplitArgs,
+    /// How shard memories get their bytes: mapped from the file (zero copy) or copied into host memories.
+    #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
+    load: LoadArg,
+    /// Run K guest instances (separate stores, each with its own shard memories) over the same model.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    instances: usize,
+    /// Verify only N tensors per shard (the first, the last, evenly spaced between) instead of all.
+    #[arg(long, value_name = "N")]
+    sample: Option<usize>,
+    /// Print a machine-readable report.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LoadArg {
+    /// Map each shard's file extents private, copy-on-write: ready in milliseconds, pages shared.
+    Mmap,
+    /// Copy the bytes into ordinary memories in parallel: the baseline.
+    Copy,
+}
+
+#[derive(Args)]
+struct GuestArgs {
+    /// How many shard memories the guest imports.
+    #[arg(long, value_name = "N")]
+    shards: u32,
+    /// Where to write the module.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plan(args) => plan_cmd::run(&args),
+        Command::Run(args) => run_cmd::run(&args),
+        Command::Guest(args) => guest_cmd::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("shardload: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns a missing default model into the instruction that fixes it.
+fn check_model_exists(model: &std::path::Path) -> anyhow::Result<()> {
+    if model.exists() {
+        return Ok(());
+    }
+    if model == std::path::Path::new(DEFAULT_MODEL) {
+        anyhow::bail!("the default model {DEFAULT_MODEL} is missing: run scripts/fetch-models (or name a model)");
+    }
+    anyhow::bail!("{}: no such file", model.display())
+}

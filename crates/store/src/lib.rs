@@ -1,1 +1,12 @@
-//! placeholder
+//! The weight store: opens a model, plans it, and builds wasmtime memory64
+//! shard memories (mapped from the file or copied) for a multi-memory guest.
+
+mod memory;
+mod model;
+mod store;
+mod usage;
+
+pub use memory::LoadMode;
+pub use model::{OpenModel, fingerprint};
+pub use store::{GuestInstance, InstanceTimings, WeightStore};
+pub use usage::MemoryUsage;

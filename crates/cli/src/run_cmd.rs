@@ -1,0 +1,220 @@
+//! `shardload run`: build the shard memories, instantiate guests over them,
+//! and verify every (or a sample of) tensor: the guest's XXH64 of its bytes,
+//! read in place through the routing table, must equal the host's.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::json;
+use shard_planner::Plan;
+use shardload_store::{LoadMode, MemoryUsage, OpenModel, WeightStore};
+
+use crate::units::human;
+use crate::{LoadArg, RunArgs, check_model_exists};
+
+/// What one instance's verification found.
+struct Verified {
+    /// (tensor, guest hash), in verification order.
+    hashes: Vec<(usize, u64)>,
+    failed: Vec<usize>,
+    per_shard: Vec<Duration>,
+    total: Duration,
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    check_model_exists(&args.model)?;
+    let started = Instant::now();
+    let model = OpenModel::open(&args.model)?;
+    let plan = match &args.plan {
+        Some(path) => model.load_plan(path)?,
+        None => model.plan(&args.split.options())?,
+    };
+    let plan_time = started.elapsed();
+
+    let mode = match args.load {
+        LoadArg::Mmap => LoadMode::Mmap,
+        LoadArg::Copy => LoadMode::Copy,
+    };
+    let started = Instant::now();
+    let store = WeightStore::new(plan, mode)?;
+    let compile_time = started.elapsed();
+    let plan = store.plan();
+    let selection = select(plan, args.sample);
+
+    let mut reference = HashMap::new();
+    for &t in &selection {
+        reference.insert(t, store.host_xxh64(t)?);
+    }
+
+    let mut instances = Vec::new();
+    let mut usage = Vec::new();
+    let mut first = None;
+    for k in 0..args.instances.max(1) {
+        let (mut guest, timings) = store.instantiate()?;
+        let verified = verify(&mut guest, plan, &selection, &reference)?;
+        usage.push((k + 1, MemoryUsage::now()?));
+        if first.is_none() {
+            first = Some((timings, verified));
+        }
+        instances.push(guest);
+    }
+    let (timings, verified) = first.expect("at least one instance");
+    let ready = plan_time + timings.load() + compile_time + timings.instantiate;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let verified_bytes: u64 = selection.iter().map(|&t| plan.tensors[t].span.bytes).sum();
+    let gbps = |bytes: u64, d: Duration| bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9;
+
+    if args.json {
+        let report = json!({
+            "model": model.name(),
+            "load": format!("{mode:?}").to_lowercase(),
+            "instances": instances.len(),
+            "shards": plan.shards.iter().map(|s| json!({
+                "index": s.index,
+                "bytes": s.bytes,
+                "tensors": s.tensors.len(),
+                "load_ms": ms(timings.load_per_shard[s.index as usize]),
+                "verify_ms": ms(verified.per_shard[s.index as usize]),
+            })).collect::<Vec<_>>(),
+            "tensors": verified.hashes.iter().map(|&(t, hash)| {
+                let tensor = &plan.tensors[t];
+                json!({
+                    "name": tensor.span.name,
+                    "shard": tensor.shard,
+                    "offset": tensor.offset,
+                    "bytes": tensor.span.bytes,
+                    "xxh64": format!("{hash:016x}"),
+                })
+            }).collect::<Vec<_>>(),
+            "failed": verified.failed.len(),
+            "timings_ms": {
+                "plan": ms(plan_time),
+                "load": ms(timings.load()),
+                "compile": ms(compile_time),
+                "instantiate": ms(timings.instantiate),
+                "ready": ms(ready),
+                "verify": ms(verified.total),
+            },
+            "verify_gb_per_s": gbps(verified_bytes, verified.total),
+            "memory": usage.iter().map(|(k, u)| json!({
+                "instances": k, "rss": u.rss, "rss_anon": u.rss_anon, "rss_file": u.rss_file,
+                "pss": u.pss, "private": u.private,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "model     {} ({} tensors, {} shards, load {mode:?})",
+            model.name(),
+            plan.tensors.len(),
+            plan.shards.len()
+        );
+        println!();
+        println!(
+            "{:>5}  {:>10}  {:>8}  {:>9}  {:>9}  {:>7}",
+            "shard", "memory", "verified", "load ms", "verify ms", "GB/s"
+        );
+        for s in &plan.shards {
+            let i = s.index as usize;
+            let in_shard: Vec<_> = selection.iter().filter(|&&t| plan.tensors[t].shard == s.index).collect();
+            let bytes: u64 = in_shard.iter().map(|&&t| plan.tensors[t].span.bytes).sum();
+            println!(
+                "{:>5}  {:>10}  {:>8}  {:>9.2}  {:>9.2}  {:>7.2}",
+                s.index,
+                human(s.bytes),
+                in_shard.len(),
+                ms(timings.load_per_shard[i]),
+                ms(verified.per_shard[i]),
+                gbps(bytes, verified.per_shard[i])
+            );
+        }
+        println!(
+            "{:>5}  {:>10}  {:>8}  {:>9.2}  {:>9.2}  {:>7.2}",
+            "total",
+            human(plan.shards.iter().map(|s| s.bytes).sum()),
+            selection.len(),
+            ms(timings.load()),
+            ms(verified.total),
+            gbps(verified_bytes, verified.total)
+        );
+        println!();
+        println!(
+            "ready     {:.1} ms = plan {:.1} + {} {:.1} + compile {:.1} + instantiate {:.1}",
+            ms(ready),
+            ms(plan_time),
+            if mode == LoadMode::Mmap { "map" } else { "copy" },
+            ms(timings.load()),
+            ms(compile_time),
+            ms(timings.instantiate)
+        );
+        println!(
+            "verified  {} of {} tensors ({}): {} failed",
+            selection.len(),
+            plan.tensors.len(),
+            human(verified_bytes),
+            verified.failed.len()
+        );
+        for (k, u) in &usage {
+            println!(
+                "memory    {k} instance{}: RSS {}, anon {}, file {}, PSS {}, private {}",
+                if *k == 1 { "" } else { "s" },
+                human(u.rss),
+                human(u.rss_anon),
+                human(u.rss_file),
+                human(u.pss),
+                human(u.private)
+            );
+        }
+        for &t in &verified.failed {
+            eprintln!("shardload: tensor {} failed verification", plan.tensors[t].span.name);
+        }
+    }
+    Ok(if verified.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The tensors to verify: all, or per shard the first, the last and evenly
+/// spaced ones between, `sample` in all.
+fn select(plan: &Plan, sample: Option<usize>) -> Vec<usize> {
+    let mut chosen = Vec::new();
+    for shard in &plan.shards {
+        let tensors = &shard.tensors;
+        match sample {
+            Some(n) if n < tensors.len() => {
+                let picks = (0..n).map(|i| if n == 1 { 0 } else { i * (tensors.len() - 1) / (n - 1) });
+                let mut picks: Vec<usize> = picks.map(|i| tensors[i]).collect();
+                picks.dedup();
+                chosen.extend(picks);
+            }
+            _ => chosen.extend(tensors),
+        }
+    }
+    chosen
+}
+
+fn verify(
+    guest: &mut shardload_store::GuestInstance,
+    plan: &Plan,
+    selection: &[usize],
+    reference: &HashMap<usize, u64>,
+) -> Result<Verified> {
+    let mut verified = Verified {
+        hashes: Vec::with_capacity(selection.len()),
+        failed: Vec::new(),
+        per_shard: vec![Duration::ZERO; plan.shards.len()],
+        total: Duration::ZERO,
+    };
+    for &t in selection {
+        let started = Instant::now();
+        let hash = guest.xxh64_tensor(t)?;
+        let took = started.elapsed();
+        verified.per_shard[plan.tensors[t].shard as usize] += took;
+        verified.total += took;
+        if reference[&t] != hash {
+            verified.failed.push(t);
+        }
+        verified.hashes.push((t, hash));
+    }
+    Ok(verified)
+}

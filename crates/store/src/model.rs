@@ -1,0 +1,90 @@
+//! Opens a model and describes it to the planner: the one place where the
+//! GGUF reader's view becomes the planner's tensor table.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use shard_planner::{ModelFile, ModelLayout, Plan, PlanOptions, TensorSpan};
+use shardload_gguf::{GgufFile, Model};
+use xxhash_rust::xxh64::Xxh64;
+
+/// How many evenly spaced 4 KiB windows of the tensor data the fingerprint reads.
+const FINGERPRINT_SAMPLES: u64 = 64;
+const FINGERPRINT_WINDOW: u64 = 4096;
+
+/// An opened model with its planner view.
+pub struct OpenModel {
+    /// The GGUF files, mapped and validated.
+    pub gguf: Model,
+    /// The tensor table the planner works on.
+    pub layout: ModelLayout,
+}
+
+impl OpenModel {
+    /// Opens a GGUF model (given the first file of a split set, the whole set).
+    pub fn open(path: &Path) -> Result<OpenModel> {
+        let gguf = Model::open(path)?;
+        let files = gguf
+            .files
+            .iter()
+            .map(|file| ModelFile {
+                path: file.path().display().to_string(),
+                size: file.size(),
+                fingerprint: fingerprint(file),
+                data_offset: file.header.data_offset,
+            })
+            .collect();
+        let tensors = gguf
+            .tensors()
+            .map(|(file, t)| TensorSpan {
+                name: t.name.clone(),
+                ty: t.ty.name().to_string(),
+                dims: t.dims.clone(),
+                bytes: t.bytes,
+                file,
+                file_offset: gguf.files[file].header.data_offset + t.offset,
+            })
+            .collect();
+        let layout = ModelLayout { files, alignment: gguf.metadata().header.alignment, tensors };
+        Ok(OpenModel { gguf, layout })
+    }
+
+    /// Plans the model's shards.
+    pub fn plan(&self, options: &PlanOptions) -> Result<Plan> {
+        Plan::new(&self.layout, options).with_context(|| format!("cannot plan {}", self.name()))
+    }
+
+    /// Reads a plan file and checks that it was made from this model.
+    pub fn load_plan(&self, plan_path: &Path) -> Result<Plan> {
+        let text = std::fs::read_to_string(plan_path)
+            .with_context(|| format!("cannot read plan {}", plan_path.display()))?;
+        let plan = Plan::from_json(&text).with_context(|| format!("{}", plan_path.display()))?;
+        plan.check_model(&self.layout)
+            .with_context(|| format!("{} was not made from {}", plan_path.display(), self.name()))?;
+        Ok(plan)
+    }
+
+    /// The model's first file, as the user named it.
+    pub fn name(&self) -> String {
+        self.gguf.metadata().path().display().to_string()
+    }
+}
+
+/// A fingerprint that notices a changed file without reading all of it: the
+/// size, the whole header (names, types, offsets, tokenizer) and evenly
+/// spaced 4 KiB windows of the tensor data, hashed with XXH64.
+pub fn fingerprint(file: &GgufFile) -> String {
+    let bytes = file.bytes();
+    let mut hash = Xxh64::new(0);
+    hash.update(&file.size().to_le_bytes());
+    let data_start = file.header.data_offset as usize;
+    hash.update(&bytes[..data_start]);
+    let data = &bytes[data_start..];
+    let span = (data.len() as u64).saturating_sub(FINGERPRINT_WINDOW);
+    for i in 0..FINGERPRINT_SAMPLES {
+        let start = (span * i / (FINGERPRINT_SAMPLES - 1)) as usize;
+        let end = (start + FINGERPRINT_WINDOW as usize).min(data.len());
+        hash.update(&data[start..end]);
+    }
+    format!("xxh64:{:016x}", hash.digest())
+}

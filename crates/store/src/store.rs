@@ -1,0 +1,196 @@
+//! The weight store: one compiled guest, and any number of guest instances,
+//! each with its own shard memories over the same model files.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use shard_planner::{Plan, Router};
+use shardload_guest::abi;
+use wasmtime::{Config, Engine, Linker, Memory, MemoryType, Module, Store, TypedFunc};
+use xxhash_rust::xxh64::Xxh64;
+
+use crate::memory::{LoadMode, MappedCreator, MemoryBuilder, scratch_pages};
+
+/// A planned model ready to instantiate guests over: the engine, the compiled
+/// guest, the plan with its routing tables, and the open model files.
+pub struct WeightStore {
+    engine: Engine,
+    memories: MemoryBuilder,
+    guest: Module,
+    plan: Plan,
+    tables: Vec<u8>,
+    files: Vec<Arc<File>>,
+    mode: LoadMode,
+}
+
+/// Where the time to make one guest instance went.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceTimings {
+    /// Building each shard's memory (mapping or copying), in shard order.
+    pub load_per_shard: Vec<Duration>,
+    /// Instantiating the guest and writing its routing tables.
+    pub instantiate: Duration,
+}
+
+impl InstanceTimings {
+    /// Time spent building all shard memories.
+    pub fn load(&self) -> Duration {
+        self.load_per_shard.iter().sum()
+    }
+}
+
+impl WeightStore {
+    /// Compiles the guest for the plan's shard count and opens the model files.
+    /// The plan must already have been checked against the model.
+    pub fn new(plan: Plan, mode: LoadMode) -> Result<WeightStore> {
+        let creator = Arc::new(MappedCreator::default());
+        let mut config = Config::new();
+        config.wasm_memory64(true).wasm_multi_memory(true).wasm_simd(true);
+        config.with_host_memory(creator.clone());
+        let engine = Engine::new(&config).map_err(|e| anyhow!("cannot configure wasmtime: {e:?}"))?;
+        let shards = u32::try_from(plan.shards.len()).context("too many shards")?;
+        let wasm = shardload_guest::guest_wasm(shards).map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
+        let guest = Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the guest: {e:?}"))?;
+        let files = plan
+            .model
+            .files
+            .iter()
+            .map(|f| File::open(&f.path).map(Arc::new).with_context(|| format!("cannot open {}", f.path)))
+            .collect::<Result<Vec<_>>>()?;
+        let routes: Vec<abi::Route> = Router::new(&plan)
+            .routes()
+            .iter()
+            .map(|r| abi::Route {
+                logical_start: r.logical_start,
+                logical_end: r.logical_end,
+                shard: r.shard,
+                shard_offset: r.shard_offset,
+            })
+            .collect();
+        let tensors: Vec<abi::TensorLoc> = plan
+            .tensors
+            .iter()
+            .map(|t| abi::TensorLoc { shard: t.shard, offset: t.offset, bytes: t.span.bytes })
+            .collect();
+        let tables = abi::encode_tables(&routes, &tensors);
+        Ok(WeightStore { engine, memories: MemoryBuilder::new(creator), guest, plan, tables, files, mode })
+    }
+
+    /// The plan the store was built from.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Makes one guest instance in a store of its own, with its own shard memories.
+    pub fn instantiate(&self) -> Result<(GuestInstance, InstanceTimings)> {
+        let mut store = Store::new(&self.engine, ());
+        let mut timings = InstanceTimings::default();
+        let mut shards = Vec::with_capacity(self.plan.shards.len());
+        for shard in &self.plan.shards {
+            let started = Instant::now();
+            let memory = self
+                .memories
+                .build(&self.engine, &mut store, shard, &self.files, self.mode)
+                .with_context(|| format!("shard {}", shard.index))?;
+            timings.load_per_shard.push(started.elapsed());
+            shards.push(memory);
+        }
+        let started = Instant::now();
+        let pages = scratch_pages(self.tables.len(), abi::SCRATCH_MIN_PAGES);
+        let scratch = Memory::new(&mut store, MemoryType::new(pages as u32, None))
+            .map_err(|e| anyhow!("cannot allocate guest scratch memory: {e:?}"))?;
+        scratch.data_mut(&mut store)[..self.tables.len()].copy_from_slice(&self.tables);
+        let mut linker = Linker::new(&self.engine);
+        linker.define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch).map_err(wasm_error)?;
+        for (k, memory) in shards.iter().enumerate() {
+            linker.define(&mut store, abi::IMPORT_MODULE, &abi::shard_import(k as u32), *memory).map_err(wasm_error)?;
+        }
+        let instance = linker.instantiate(&mut store, &self.guest).map_err(wasm_error)?;
+        let guest = GuestInstance {
+            xxh64_tensor: instance.get_typed_func(&mut store, "xxh64_tensor").map_err(wasm_error)?,
+            stream_tensor: instance.get_typed_func(&mut store, "stream_tensor").map_err(wasm_error)?,
+            route: instance.get_typed_func(&mut store, "route").map_err(wasm_error)?,
+            names: self.plan.tensors.iter().map(|t| t.span.name.clone()).collect(),
+            shards,
+            store,
+        };
+        timings.instantiate = started.elapsed();
+        Ok((guest, timings))
+    }
+
+    /// XXH64 (seed 0) of a tensor's bytes, computed on the host from the file
+    /// with `pread`: the reference the guest's hash is checked against, and
+    /// safe (an error, not a SIGBUS) if the file shrinks meanwhile.
+    pub fn host_xxh64(&self, tensor: usize) -> Result<u64> {
+        let span = &self.plan.tensors.get(tensor).ok_or_else(|| anyhow!("no tensor {tensor}"))?.span;
+        let file = &self.files[span.file];
+        let mut hash = Xxh64::new(0);
+        let mut buffer = vec![0u8; (8 << 20).min(span.bytes as usize)];
+        let mut done = 0u64;
+        while done < span.bytes {
+            let n = buffer.len().min((span.bytes - done) as usize);
+            file.read_exact_at(&mut buffer[..n], span.file_offset + done)
+                .with_context(|| format!("cannot read tensor {} from {} (did the file change?)", span.name, self.plan.model.files[span.file].path))?;
+            hash.update(&buffer[..n]);
+            done += n as u64;
+        }
+        Ok(hash.digest())
+    }
+}
+
+fn wasm_error(error: wasmtime::Error) -> anyhow::Error {
+    anyhow!("{error:?}")
+}
+
+/// One guest instance over its own shard memories.
+pub struct GuestInstance {
+    store: Store<()>,
+    shards: Vec<Memory>,
+    names: Vec<String>,
+    xxh64_tensor: TypedFunc<i32, i64>,
+    stream_tensor: TypedFunc<i32, i64>,
+    route: TypedFunc<i64, (i32, i64)>,
+}
+
+impl GuestInstance {
+    /// The guest's XXH64 (seed 0) of a tensor, read in place from its shard.
+    pub fn xxh64_tensor(&mut self, tensor: usize) -> Result<u64> {
+        let func = self.xxh64_tensor.clone();
+        self.call("xxh64_tensor", tensor, |store, id| func.call(store, id)).map(|h| h as u64)
+    }
+
+    /// Streams a tensor's bytes through SIMD loads in the guest (the bandwidth probe).
+    pub fn stream_tensor(&mut self, tensor: usize) -> Result<u64> {
+        let func = self.stream_tensor.clone();
+        self.call("stream_tensor", tensor, |store, id| func.call(store, id)).map(|h| h as u64)
+    }
+
+    /// The guest's own routing of a logical offset: `None` where no tensor lies.
+    pub fn route(&mut self, logical: u64) -> Result<Option<(u32, u64)>> {
+        let (shard, offset) = self
+            .route
+            .call(&mut self.store, logical as i64)
+            .map_err(|e| anyhow!("guest export route({logical}) failed: {e:?}"))?;
+        Ok((shard >= 0).then_some((shard as u32, offset as u64)))
+    }
+
+    /// A shard memory and the store it lives in, for tools and tests that
+    /// instantiate more modules against the same memories.
+    pub fn shard_memory(&mut self, shard: usize) -> (&mut Store<()>, Memory) {
+        (&mut self.store, self.shards[shard])
+    }
+
+    fn call(
+        &mut self,
+        export: &str,
+        tensor: usize,
+        f: impl FnOnce(&mut Store<()>, i32) -> wasmtime::Result<i64>,
+    ) -> Result<i64> {
+        let name = self.names.get(tensor).ok_or_else(|| anyhow!("no tensor {tensor}"))?;
+        let id = i32::try_from(tensor).context("tensor index")?;
+        f(&mut self.store, id).map_err(|e| anyhow!("guest export {export} on tensor {name} failed: {e:?}"))
+    }
+}

@@ -1,0 +1,122 @@
+//! The store over real models: guests read every tensor in place from mapped
+//! (and copied) shard memories, and agree with independent references.
+
+use proptest::prelude::*;
+use shard_planner::{PlanOptions, Router};
+use shardload_store::{LoadMode, OpenModel, WeightStore};
+use shardload_suite::{GEMMA, SMOLLM2, model, reference_xxh64};
+
+fn store(name: &str, shards: u32, mode: LoadMode) -> WeightStore {
+    let opened = OpenModel::open(&model(name)).unwrap();
+    let plan = opened.plan(&PlanOptions { shards: Some(shards), ..PlanOptions::default() }).unwrap();
+    WeightStore::new(plan, mode).unwrap()
+}
+
+fn guest_hashes_match_python_xxhash(name: &str, mode: LoadMode) {
+    let store = store(name, 4, mode);
+    let reference = reference_xxh64(&model(name));
+    let (mut guest, _) = store.instantiate().unwrap();
+    assert_eq!(reference.len(), store.plan().tensors.len());
+    for (i, tensor) in store.plan().tensors.iter().enumerate() {
+        let hash = format!("{:016x}", guest.xxh64_tensor(i).unwrap());
+        assert_eq!(hash, reference[&tensor.span.name], "tensor {}", tensor.span.name);
+    }
+}
+
+#[test]
+fn smollm2_every_guest_hash_from_mapped_shards_equals_python_xxhash() {
+    guest_hashes_match_python_xxhash(SMOLLM2, LoadMode::Mmap);
+}
+
+#[test]
+fn gemma_every_guest_hash_from_mapped_shards_equals_python_xxhash() {
+    guest_hashes_match_python_xxhash(GEMMA, LoadMode::Mmap);
+}
+
+#[test]
+fn gemma_every_guest_hash_from_copied_shards_equals_python_xxhash() {
+    guest_hashes_match_python_xxhash(GEMMA, LoadMode::Copy);
+}
+
+#[test]
+fn host_reference_hash_equals_python_xxhash() {
+    let store = store(SMOLLM2, 3, LoadMode::Mmap);
+    let reference = reference_xxh64(&model(SMOLLM2));
+    for (i, tensor) in store.plan().tensors.iter().enumerate().step_by(17) {
+        assert_eq!(format!("{:016x}", store.host_xxh64(i).unwrap()), reference[&tensor.span.name]);
+    }
+}
+
+#[test]
+fn a_guest_writing_into_a_weight_memory_changes_nothing_on_disk() {
+    let path = model(SMOLLM2);
+    let before = std::fs::read(&path).unwrap();
+    let store = store(SMOLLM2, 2, LoadMode::Mmap);
+    let tensor = 0;
+    let (mut guest, _) = store.instantiate().unwrap();
+    let original = guest.xxh64_tensor(tensor).unwrap();
+    let placed = store.plan().tensors[tensor].clone();
+    let (wasm_store, memory) = guest.shard_memory(placed.shard as usize);
+    // A module of its own that stores into the shard memory, as any guest could.
+    let engine = wasm_store.engine().clone();
+    let writer = wat::parse_str(
+        r#"(module (import "m" "shard" (memory i64 0))
+             (func (export "scribble") (param i64 i64)
+               (local $i i64)
+               (loop $l (i64.store8 (i64.add (local.get 0) (local.get $i)) (i64.const 0xAB))
+                 (local.set $i (i64.add (local.get $i) (i64.const 1)))
+                 (br_if $l (i64.lt_u (local.get $i) (local.get 1))))))"#,
+    )
+    .unwrap();
+    let writer = wasmtime::Module::new(&engine, writer).unwrap();
+    let instance = wasmtime::Instance::new(&mut *wasm_store, &writer, &[memory.into()]).unwrap();
+    let scribble = instance.get_typed_func::<(i64, i64), ()>(&mut *wasm_store, "scribble").unwrap();
+    scribble.call(&mut *wasm_store, (placed.offset as i64, 4096)).unwrap();
+    assert_ne!(guest.xxh64_tensor(tensor).unwrap(), original, "the guest sees its own write");
+    drop(guest);
+    assert!(std::fs::read(&path).unwrap() == before, "the model file changed");
+    // And a fresh instance sees the file's bytes again.
+    let (mut fresh, _) = store.instantiate().unwrap();
+    assert_eq!(fresh.xxh64_tensor(tensor).unwrap(), original);
+}
+
+#[test]
+fn a_plan_from_another_model_is_refused_before_anything_is_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan_file = dir.path().join("gemma-plan.json");
+    let gemma = OpenModel::open(&model(GEMMA)).unwrap();
+    std::fs::write(&plan_file, gemma.plan(&PlanOptions::default()).unwrap().to_json()).unwrap();
+    let smollm2 = OpenModel::open(&model(SMOLLM2)).unwrap();
+    let error = smollm2.load_plan(&plan_file).err().expect("refused").to_string();
+    assert!(error.contains("was not made from"), "{error}");
+}
+
+#[test]
+fn a_trap_names_the_export_and_the_tensor() {
+    let store = store(SMOLLM2, 2, LoadMode::Mmap);
+    let (mut guest, _) = store.instantiate().unwrap();
+    let error = guest.xxh64_tensor(usize::MAX).unwrap_err().to_string();
+    assert!(error.contains("no tensor"), "{error}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    #[test]
+    fn guest_routing_agrees_with_the_host_on_every_offset(shards in 1u32..=6, offsets in prop::collection::vec(any::<u64>(), 200)) {
+        let opened = OpenModel::open(&model(GEMMA)).unwrap();
+        let plan = opened.plan(&PlanOptions { shards: Some(shards), ..PlanOptions::default() }).unwrap();
+        let router = Router::new(&plan);
+        let end = plan.tensors.iter().map(|t| t.logical_offset + t.span.bytes).max().unwrap();
+        let store = WeightStore::new(plan.clone(), LoadMode::Mmap).unwrap();
+        let (mut guest, _) = store.instantiate().unwrap();
+        // Random offsets over (and a little past) the data, and every route's edges.
+        let mut probes: Vec<u64> = offsets.iter().map(|o| o % (end + 4096)).collect();
+        for r in router.routes() {
+            probes.extend([r.logical_start, r.logical_end - 1, r.logical_end, r.logical_start.saturating_sub(1)]);
+        }
+        for x in probes {
+            prop_assert_eq!(guest.route(x).unwrap(), router.route(x), "offset {}", x);
+        }
+    }
+}
