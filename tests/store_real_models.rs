@@ -120,3 +120,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("doomed.gguf");
+    std::fs::copy(model(SMOLLM2), &path).unwrap();
+    let opened = OpenModel::open(&path).unwrap();
+    let plan = opened.plan(&PlanOptions { shards: Some(2), ..PlanOptions::default() }).unwrap();
+    drop(opened);
+    let store = WeightStore::new(plan, LoadMode::Mmap).unwrap();
+    let (mut guest, _) = store.instantiate().unwrap();
+    let last = store.plan().tensors.len() - 1;
+    guest.xxh64_tensor(last).unwrap();
+    // Cut the file to half while its pages are mapped into the shard memories.
+    let size = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(size / 2).unwrap();
+    let error = guest.xxh64_tensor(last).unwrap_err().to_string();
+    assert!(error.contains("model file changed"), "{error}");
+    // The host's own reads of the file fail cleanly too.
+    assert!(store.host_xxh64(last).is_err());
+    // Tensors in the part that remains still verify.
+    assert_eq!(guest.xxh64_tensor(0).unwrap(), store.host_xxh64(0).unwrap());
+}

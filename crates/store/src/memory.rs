@@ -17,7 +17,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, anyhow, ensure};
 use rayon::prelude::*;
 use shard_planner::{HOST_PAGE, Shard, WASM_PAGE};
+use crate::fault;
 use wasmtime::{Engine, Instance, LinearMemory, Memory, MemoryCreator, MemoryType, Module, Store};
+
+/// The host page size as a `usize`, for address arithmetic.
+pub(crate) const HOST_PAGE_SIZE: usize = HOST_PAGE as usize;
 
 /// How shard memories get their bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +82,7 @@ struct MappedMemory {
     base: *mut u8,
     reservation: usize,
     size: usize,
+    _watch: fault::Guard,
 }
 
 // SAFETY: the mapping is owned by this value and only reached through
@@ -102,7 +107,12 @@ impl MappedMemory {
         if base == libc::MAP_FAILED {
             return Err(os_error("cannot reserve address space for a shard"));
         }
-        let memory = MappedMemory { base: base.cast(), reservation, size: source.bytes };
+        let memory = MappedMemory {
+            base: base.cast(),
+            reservation,
+            size: source.bytes,
+            _watch: fault::watch(base.cast(), source.bytes),
+        };
         // SAFETY: every MAP_FIXED mapping below lies inside our own reservation.
         unsafe {
             // Zero pages for the whole memory, then the file extents over them.
@@ -121,7 +131,7 @@ impl MappedMemory {
                 // Extents end inside the file, so no mapped page lies wholly past its end.
                 let mapped = libc::mmap(
                     memory.base.add(*memory_offset).cast(),
-                    length.next_multiple_of(HOST_PAGE as usize),
+                    length.next_multiple_of(HOST_PAGE_SIZE),
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_FIXED,
                     file.as_raw_fd(),

@@ -6,12 +6,13 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use shard_planner::{Plan, Router};
 use shardload_guest::abi;
 use wasmtime::{Config, Engine, Linker, Memory, MemoryType, Module, Store, TypedFunc};
 use xxhash_rust::xxh64::Xxh64;
 
+use crate::fault;
 use crate::memory::{LoadMode, MappedCreator, MemoryBuilder, scratch_pages};
 
 /// A planned model ready to instantiate guests over: the engine, the compiled
@@ -191,6 +192,14 @@ impl GuestInstance {
     ) -> Result<i64> {
         let name = self.names.get(tensor).ok_or_else(|| anyhow!("no tensor {tensor}"))?;
         let id = i32::try_from(tensor).context("tensor index")?;
-        f(&mut self.store, id).map_err(|e| anyhow!("guest export {export} on tensor {name} failed: {e:?}"))
+        let faults = fault::faults();
+        let result = f(&mut self.store, id).map_err(|e| anyhow!("guest export {export} on tensor {name} failed: {e:?}"))?;
+        if fault::faults() != faults {
+            bail!(
+                "guest export {export} on tensor {name}: the model file changed while mapped (pages past its new end \
+                 read as zeros); reopen the model"
+            );
+        }
+        Ok(result)
     }
 }
