@@ -4,6 +4,7 @@
 //! `shardload-gguf`, planning is `shard-planner`, memories and the guest are
 //! `shardload-store`.
 
+mod bench_cmd;
 mod guest_cmd;
 mod plan_cmd;
 mod run_cmd;
@@ -58,6 +59,15 @@ if any differ. `xxh64` in --json is what `xxhsum -H1` prints for the tensor's by
     /// Write the guest module for N shard memories (for inspection or other runtimes).
     #[command(after_help = "Example:\n  shardload guest --shards 4 -o guest.wasm\n\nThe ABI is documented in guest/README.md.")]
     Guest(GuestArgs),
+    /// Measure time to ready (mmap vs copy) and read throughput (guest vs native), in one run.
+    #[command(after_help = "Examples:
+  shardload bench                                        # the default model
+  shardload bench models/*.gguf --shards 4 --synthetic-blocks 4
+
+Ratios compare against baselines measured in the same run: copied memories for time to ready,
+the same algorithm run natively over the same shard memories for read throughput. Page cache
+warm, best of 3 after a warm-up.")]
+    Bench(BenchArgs),
 }
 
 /// How to split a model: shared by every command that plans.
@@ -152,12 +162,29 @@ struct GuestArgs {
     output: PathBuf,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Models to measure. Default: the model scripts/fetch-models fetches.
+    #[arg(value_name = "MODEL.gguf", default_value = DEFAULT_MODEL)]
+    models: Vec<PathBuf>,
+    /// Shards to plan each model into.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    shards: u32,
+    /// Also write and measure a random-data model of the first K Llama-3-70B blocks (4 blocks: 3.3 GB) in a temp dir.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    synthetic_blocks: u64,
+    /// Print machine-readable results.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plan(args) => plan_cmd::run(&args),
         Command::Run(args) => run_cmd::run(&args),
         Command::Guest(args) => guest_cmd::run(&args),
+        Command::Bench(args) => bench_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

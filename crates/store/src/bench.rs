@@ -1,0 +1,210 @@
+//! Measurements as ratios against a baseline taken in the same run: mapped vs
+//! copied shard memories, and the guest vs the same work native on the host.
+//! Used by `shardload bench` and `benches/`; never by timed tests.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use shard_planner::Plan;
+use xxhash_rust::xxh64::xxh64;
+
+use crate::{LoadMode, WeightStore};
+
+/// Best of this many repetitions, after one warm-up: machines are noisy.
+const REPEATS: usize = 3;
+
+fn best_of<T>(mut f: impl FnMut() -> Result<T>) -> Result<(Duration, T)> {
+    f()?;
+    let mut best = None;
+    for _ in 0..REPEATS {
+        let started = Instant::now();
+        let value = f()?;
+        let took = started.elapsed();
+        if best.as_ref().is_none_or(|(b, _)| took < *b) {
+            best = Some((took, value));
+        }
+    }
+    Ok(best.expect("REPEATS > 0"))
+}
+
+/// Time to ready (compile the guest, build every shard memory, instantiate)
+/// and the part of it spent building memories, in one load mode.
+#[derive(Clone, Copy, Debug)]
+pub struct Ready {
+    /// Compile + load + instantiate.
+    pub ready: Duration,
+    /// Building the shard memories (mapping or copying).
+    pub load: Duration,
+}
+
+/// Time to ready in each load mode, page cache warm.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadyTimes {
+    /// Mapped shard memories.
+    pub mmap: Ready,
+    /// Copied shard memories.
+    pub copy: Ready,
+}
+
+/// Measures [`ReadyTimes`] for a plan.
+pub fn time_to_ready(plan: &Plan) -> Result<ReadyTimes> {
+    let ready = |mode| {
+        best_of(|| {
+            let store = WeightStore::new(plan.clone(), mode)?;
+            let (_guest, timings) = store.instantiate()?;
+            Ok(timings.load())
+        })
+        .map(|(ready, load)| Ready { ready, load })
+    };
+    Ok(ReadyTimes { mmap: ready(LoadMode::Mmap)?, copy: ready(LoadMode::Copy)? })
+}
+
+/// Read throughput over every tensor of a store, guest and native, in GB/s.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadRates {
+    /// Bytes read per pass.
+    pub bytes: u64,
+    /// Guest XXH64 of every tensor.
+    pub guest_xxh64: f64,
+    /// Native xxhash-rust XXH64 over the same memory.
+    pub native_xxh64: f64,
+    /// Guest streaming read (v128 loads, XOR fold).
+    pub guest_stream: f64,
+    /// Native streaming read with the same fold over the same memory.
+    pub native_stream: f64,
+}
+
+/// Measures [`ReadRates`]: the guest's exports and the same algorithms run
+/// natively over the very same shard memories (page cache warm).
+pub fn read_rates(store: &WeightStore) -> Result<ReadRates> {
+    let plan = store.plan();
+    let tensors: Vec<usize> = (0..plan.tensors.len()).filter(|&t| plan.tensors[t].span.bytes > 0).collect();
+    let bytes: u64 = tensors.iter().map(|&t| plan.tensors[t].span.bytes).sum();
+    let (mut guest, _) = store.instantiate()?;
+    let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
+
+    let (guest_xxh64, guest_hashes) = best_of(|| tensors.iter().map(|&t| guest.xxh64_tensor(t)).collect::<Result<Vec<_>>>())?;
+    let (guest_stream, guest_folds) = best_of(|| tensors.iter().map(|&t| guest.stream_tensor(t)).collect::<Result<Vec<_>>>())?;
+    let places: Vec<(usize, u64, u64)> = tensors
+        .iter()
+        .map(|&t| (plan.tensors[t].shard as usize, plan.tensors[t].offset, plan.tensors[t].span.bytes))
+        .collect();
+    let native = |f: &dyn Fn(&[u8]) -> u64, guest: &mut crate::GuestInstance| -> Result<(Duration, Vec<u64>)> {
+        best_of(|| {
+            Ok(places
+                .iter()
+                .map(|&(shard, offset, len)| {
+                    let (store, memory) = guest.shard_memory(shard);
+                    f(&memory.data(&*store)[offset as usize..(offset + len) as usize])
+                })
+                .collect())
+        })
+    };
+    let (native_xxh64, native_hashes) = native(&|b| xxh64(b, 0), &mut guest)?;
+    let (native_stream, native_folds) = native(&stream_fold, &mut guest)?;
+    anyhow::ensure!(guest_hashes == native_hashes, "guest and native XXH64 disagree");
+    anyhow::ensure!(guest_folds == native_folds, "guest and native stream folds disagree");
+    Ok(ReadRates {
+        bytes,
+        guest_xxh64: rate(guest_xxh64),
+        native_xxh64: rate(native_xxh64),
+        guest_stream: rate(guest_stream),
+        native_stream: rate(native_stream),
+    })
+}
+
+/// The guest's stream fold, natively: XOR of 16-byte chunks (zero-padded),
+/// low half ^ high half; four accumulators so the compiler vectorizes it.
+pub fn stream_fold(bytes: &[u8]) -> u64 {
+    let mut acc = [0u128; 4];
+    let mut blocks = bytes.chunks_exact(64);
+    for block in &mut blocks {
+        for (lane, chunk) in acc.iter_mut().zip(block.chunks_exact(16)) {
+            *lane ^= u128::from_le_bytes(chunk.try_into().expect("16 bytes"));
+        }
+    }
+    let mut folded = acc[0] ^ acc[1] ^ acc[2] ^ acc[3];
+    for chunk in blocks.remainder().chunks(16) {
+        let mut padded = [0u8; 16];
+        padded[..chunk.len()].copy_from_slice(chunk);
+        folded ^= u128::from_le_bytes(padded);
+    }
+    (folded as u64) ^ ((folded >> 64) as u64)
+}
+
+/// Writes the first `blocks` blocks of the Llama-3-70B Q4_K_M inventory with
+/// random bytes (a multi-GB model whose pages are really on disk), for
+/// measuring loads that cannot be served from a sparse file's holes.
+pub fn write_random_model(path: &std::path::Path, blocks: u64) -> Result<u64> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut fill = |_: usize, _: u64, buf: &mut [u8]| {
+        for word in buf.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+    };
+    let layout = shardload_gguf::synthetic::llama3_70b_q4_k_m_blocks(blocks).write(path, Some(&mut fill))?;
+    Ok(layout.file_size)
+}
+
+/// One model's measurements.
+#[derive(Clone, Debug)]
+pub struct ModelReport {
+    /// The model's name.
+    pub model: String,
+    /// Total file bytes.
+    pub bytes: u64,
+    /// Shards in the plan.
+    pub shards: usize,
+    /// Time to ready in each mode.
+    pub ready: ReadyTimes,
+    /// Guest and native read rates.
+    pub rates: ReadRates,
+}
+
+/// Plans `path` into `shards` shards and measures it.
+pub fn measure(path: &std::path::Path, shards: u32) -> Result<ModelReport> {
+    let model = crate::OpenModel::open(path)?;
+    let plan = model.plan(&shard_planner::PlanOptions { shards: Some(shards), ..Default::default() })?;
+    let ready = time_to_ready(&plan)?;
+    let rates = read_rates(&WeightStore::new(plan.clone(), LoadMode::Mmap)?)?;
+    Ok(ModelReport { model: model.name(), bytes: plan.model.bytes, shards: plan.shards.len(), ready, rates })
+}
+
+impl std::fmt::Display for ModelReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (m, c, r) = (self.ready.mmap, self.ready.copy, self.rates);
+        writeln!(f, "{} ({:.2} GB, {} shards)", self.model, self.bytes as f64 / 1e9, self.shards)?;
+        writeln!(
+            f,
+            "  time to ready   mmap {:9.2} ms   copy {:9.2} ms   copy/mmap {:7.1}x",
+            ms(m.ready),
+            ms(c.ready),
+            c.ready.as_secs_f64() / m.ready.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "    of which load mmap {:9.2} ms   copy {:9.2} ms   copy/mmap {:7.1}x",
+            ms(m.load),
+            ms(c.load),
+            c.load.as_secs_f64() / m.load.as_secs_f64().max(1e-9)
+        )?;
+        writeln!(
+            f,
+            "  xxh64           guest {:6.2} GB/s   native {:6.2} GB/s   guest/native {:5.1}%",
+            r.guest_xxh64,
+            r.native_xxh64,
+            100.0 * r.guest_xxh64 / r.native_xxh64
+        )?;
+        write!(
+            f,
+            "  stream read     guest {:6.2} GB/s   native {:6.2} GB/s   guest/native {:5.1}%",
+            r.guest_stream,
+            r.native_stream,
+            100.0 * r.guest_stream / r.native_stream
+        )
+    }
+}
