@@ -8,6 +8,7 @@ mod bench_cmd;
 mod guest_cmd;
 mod plan_cmd;
 mod run_cmd;
+mod synth_cmd;
 mod units;
 
 use std::path::PathBuf;
@@ -68,6 +69,12 @@ Ratios compare against baselines measured in the same run: copied memories for t
 the same algorithm run natively over the same shard memories for read throughput. Page cache
 warm, best of 3 after a warm-up.")]
     Bench(BenchArgs),
+    /// Write a synthetic Llama-3-70B Q4_K_M (exact tensor inventory; sparse or random data).
+    #[command(after_help = "Examples:
+  shardload synth -o /tmp/llama-3-70b.gguf                 # 42.5 GB sparse file, no disk used
+  shardload run /tmp/llama-3-70b.gguf --shards 4 --sample 2
+  shardload synth -o /tmp/l4.gguf --blocks 4 --random     # 3.6 GB of real bytes, for benchmarks")]
+    Synth(SynthArgs),
 }
 
 /// How to split a model: shared by every command that plans.
@@ -178,6 +185,19 @@ struct BenchArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct SynthArgs {
+    /// Where to write the model.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Transformer blocks to include (80 is the whole model).
+    #[arg(long, value_name = "K", default_value_t = 80)]
+    blocks: u64,
+    /// Fill tensors with random bytes instead of leaving a hole (costs real disk).
+    #[arg(long)]
+    random: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -185,6 +205,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd::run(&args),
         Command::Guest(args) => guest_cmd::run(&args),
         Command::Bench(args) => bench_cmd::run(&args),
+        Command::Synth(args) => synth_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -100,7 +100,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             "verify_gb_per_s": gbps(verified_bytes, verified.total),
             "memory": usage.iter().map(|(k, u)| json!({
                 "instances": k, "rss": u.rss, "rss_anon": u.rss_anon, "rss_file": u.rss_file,
-                "pss": u.pss, "private": u.private,
+                "pss": u.pss, "private_dirty": u.private_dirty, "private_clean": u.private_clean,
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -158,13 +158,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         );
         for (k, u) in &usage {
             println!(
-                "memory    {k} instance{}: RSS {}, anon {}, file {}, PSS {}, private {}",
+                "memory    {k} instance{}: RSS {} (anon {}, file {}), PSS {}, private dirty {}, private clean {}",
                 if *k == 1 { "" } else { "s" },
                 human(u.rss),
                 human(u.rss_anon),
                 human(u.rss_file),
                 human(u.pss),
-                human(u.private)
+                human(u.private_dirty),
+                human(u.private_clean)
             );
         }
         for &t in &verified.failed {

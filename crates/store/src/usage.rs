@@ -18,8 +18,12 @@ pub struct MemoryUsage {
     pub rss_file: u64,
     /// Proportional set size: shared pages divided among their sharers.
     pub pss: u64,
-    /// Pages mapped by this process only (`Private_Clean + Private_Dirty`).
-    pub private: u64,
+    /// Pages only this process holds that cannot be dropped or shared
+    /// (`Private_Dirty`: anonymous memory, copies, copy-on-write pages).
+    pub private_dirty: u64,
+    /// Clean pages only this process maps (`Private_Clean`): file pages the
+    /// kernel can drop and reread, and that a second mapper would share.
+    pub private_clean: u64,
 }
 
 impl MemoryUsage {
@@ -39,7 +43,8 @@ impl MemoryUsage {
             rss_anon: field(&status, "RssAnon"),
             rss_file: field(&status, "RssFile"),
             pss: field(&rollup, "Pss"),
-            private: field(&rollup, "Private_Clean") + field(&rollup, "Private_Dirty"),
+            private_dirty: field(&rollup, "Private_Dirty"),
+            private_clean: field(&rollup, "Private_Clean"),
         })
     }
 }
