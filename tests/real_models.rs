@@ -5,7 +5,10 @@ use shardload_store::OpenModel;
 use shardload_suite::{GEMMA, SMOLLM2, model, reference_tensors};
 
 fn four_shards() -> PlanOptions {
-    PlanOptions { shards: Some(4), ..PlanOptions::default() }
+    PlanOptions {
+        shards: Some(4),
+        ..PlanOptions::default()
+    }
 }
 
 fn plan_agrees_with_gguf_py(name: &str) {
@@ -17,8 +20,20 @@ fn plan_agrees_with_gguf_py(name: &str) {
     for (ours, theirs) in plan.tensors.iter().zip(&reference) {
         let span = &ours.span;
         assert_eq!(
-            (&span.name, &span.ty, &span.dims, span.bytes, span.file_offset),
-            (&theirs.name, &theirs.ty, &theirs.dims, theirs.bytes, theirs.data_offset),
+            (
+                &span.name,
+                &span.ty,
+                &span.dims,
+                span.bytes,
+                span.file_offset
+            ),
+            (
+                &theirs.name,
+                &theirs.ty,
+                &theirs.dims,
+                theirs.bytes,
+                theirs.data_offset
+            ),
         );
     }
     assert_eq!(plan.shards.len(), 4);
@@ -28,7 +43,10 @@ fn plan_agrees_with_gguf_py(name: &str) {
     let biggest = plan.tensors.iter().map(|t| t.span.bytes).max().unwrap();
     let bound = biggest.max(total / 4);
     let largest = plan.shards.iter().map(|s| s.bytes).max().unwrap();
-    assert!(largest >= bound && largest <= bound + bound / 10, "largest {largest}, bound {bound}");
+    assert!(
+        largest >= bound && largest <= bound + bound / 10,
+        "largest {largest}, bound {bound}"
+    );
 }
 
 #[test]
@@ -46,7 +64,13 @@ fn every_real_tensor_routes_to_its_own_bytes_in_the_file() {
     let path = model(GEMMA);
     let opened = OpenModel::open(&path).unwrap();
     for boundary in [Boundary::Tensor, Boundary::Layer] {
-        let plan = opened.plan(&PlanOptions { shards: Some(3), boundary, ..PlanOptions::default() }).unwrap();
+        let plan = opened
+            .plan(&PlanOptions {
+                shards: Some(3),
+                boundary,
+                ..PlanOptions::default()
+            })
+            .unwrap();
         let router = Router::new(&plan);
         for t in &plan.tensors {
             for k in [0, t.span.bytes / 2, t.span.bytes - 1] {
@@ -56,7 +80,10 @@ fn every_real_tensor_routes_to_its_own_bytes_in_the_file() {
                     .iter()
                     .find(|e| (e.memory_offset..e.memory_offset + e.bytes).contains(&offset))
                     .unwrap();
-                assert_eq!(extent.file_offset + offset - extent.memory_offset, t.span.file_offset + k);
+                assert_eq!(
+                    extent.file_offset + offset - extent.memory_offset,
+                    t.span.file_offset + k
+                );
             }
         }
     }

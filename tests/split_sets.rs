@@ -13,13 +13,31 @@ fn a_split_set_plans_to_the_same_tensors_sizes_and_logical_offsets_as_the_single
     let split = OpenModel::open(&files[0]).unwrap();
     assert_eq!(split.layout.files.len(), 3);
 
-    let options = PlanOptions { shards: Some(4), ..PlanOptions::default() };
-    let (a, b) = (single.plan(&options).unwrap(), split.plan(&options).unwrap());
+    let options = PlanOptions {
+        shards: Some(4),
+        ..PlanOptions::default()
+    };
+    let (a, b) = (
+        single.plan(&options).unwrap(),
+        split.plan(&options).unwrap(),
+    );
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (x, y) in a.tensors.iter().zip(&b.tensors) {
         assert_eq!(
-            (&x.span.name, &x.span.ty, &x.span.dims, x.span.bytes, x.logical_offset),
-            (&y.span.name, &y.span.ty, &y.span.dims, y.span.bytes, y.logical_offset)
+            (
+                &x.span.name,
+                &x.span.ty,
+                &x.span.dims,
+                x.span.bytes,
+                x.logical_offset
+            ),
+            (
+                &y.span.name,
+                &y.span.ty,
+                &y.span.dims,
+                y.span.bytes,
+                y.logical_offset
+            )
         );
     }
     // Tensors of later files really live in those files, and route to their bytes there.

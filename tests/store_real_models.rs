@@ -8,7 +8,12 @@ use shardload_suite::{GEMMA, SMOLLM2, model, reference_xxh64};
 
 fn store(name: &str, shards: u32, mode: LoadMode) -> WeightStore {
     let opened = OpenModel::open(&model(name)).unwrap();
-    let plan = opened.plan(&PlanOptions { shards: Some(shards), ..PlanOptions::default() }).unwrap();
+    let plan = opened
+        .plan(&PlanOptions {
+            shards: Some(shards),
+            ..PlanOptions::default()
+        })
+        .unwrap();
     WeightStore::new(plan, mode).unwrap()
 }
 
@@ -19,7 +24,11 @@ fn guest_hashes_match_python_xxhash(name: &str, mode: LoadMode) {
     assert_eq!(reference.len(), store.plan().tensors.len());
     for (i, tensor) in store.plan().tensors.iter().enumerate() {
         let hash = format!("{:016x}", guest.xxh64_tensor(i).unwrap());
-        assert_eq!(hash, reference[&tensor.span.name], "tensor {}", tensor.span.name);
+        assert_eq!(
+            hash, reference[&tensor.span.name],
+            "tensor {}",
+            tensor.span.name
+        );
     }
 }
 
@@ -43,7 +52,10 @@ fn host_reference_hash_equals_python_xxhash() {
     let store = store(SMOLLM2, 3, LoadMode::Mmap);
     let reference = reference_xxh64(&model(SMOLLM2));
     for (i, tensor) in store.plan().tensors.iter().enumerate().step_by(17) {
-        assert_eq!(format!("{:016x}", store.host_xxh64(i).unwrap()), reference[&tensor.span.name]);
+        assert_eq!(
+            format!("{:016x}", store.host_xxh64(i).unwrap()),
+            reference[&tensor.span.name]
+        );
     }
 }
 
@@ -70,11 +82,22 @@ fn a_guest_writing_into_a_weight_memory_changes_nothing_on_disk() {
     .unwrap();
     let writer = wasmtime::Module::new(&engine, writer).unwrap();
     let instance = wasmtime::Instance::new(&mut *wasm_store, &writer, &[memory.into()]).unwrap();
-    let scribble = instance.get_typed_func::<(i64, i64), ()>(&mut *wasm_store, "scribble").unwrap();
-    scribble.call(&mut *wasm_store, (placed.offset as i64, 4096)).unwrap();
-    assert_ne!(guest.xxh64_tensor(tensor).unwrap(), original, "the guest sees its own write");
+    let scribble = instance
+        .get_typed_func::<(i64, i64), ()>(&mut *wasm_store, "scribble")
+        .unwrap();
+    scribble
+        .call(&mut *wasm_store, (placed.offset as i64, 4096))
+        .unwrap();
+    assert_ne!(
+        guest.xxh64_tensor(tensor).unwrap(),
+        original,
+        "the guest sees its own write"
+    );
     drop(guest);
-    assert!(std::fs::read(&path).unwrap() == before, "the model file changed");
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the model file changed"
+    );
     // And a fresh instance sees the file's bytes again.
     let (mut fresh, _) = store.instantiate().unwrap();
     assert_eq!(fresh.xxh64_tensor(tensor).unwrap(), original);
@@ -85,9 +108,16 @@ fn a_plan_from_another_model_is_refused_before_anything_is_mapped() {
     let dir = tempfile::tempdir().unwrap();
     let plan_file = dir.path().join("gemma-plan.json");
     let gemma = OpenModel::open(&model(GEMMA)).unwrap();
-    std::fs::write(&plan_file, gemma.plan(&PlanOptions::default()).unwrap().to_json()).unwrap();
+    std::fs::write(
+        &plan_file,
+        gemma.plan(&PlanOptions::default()).unwrap().to_json(),
+    )
+    .unwrap();
     let smollm2 = OpenModel::open(&model(SMOLLM2)).unwrap();
-    let error = smollm2.load_plan(&plan_file).err().expect("refused").to_string();
+    let error = smollm2
+        .load_plan(&plan_file)
+        .expect_err("refused")
+        .to_string();
     assert!(error.contains("was not made from"), "{error}");
 }
 
@@ -127,7 +157,12 @@ fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
     let path = dir.path().join("doomed.gguf");
     std::fs::copy(model(SMOLLM2), &path).unwrap();
     let opened = OpenModel::open(&path).unwrap();
-    let plan = opened.plan(&PlanOptions { shards: Some(2), ..PlanOptions::default() }).unwrap();
+    let plan = opened
+        .plan(&PlanOptions {
+            shards: Some(2),
+            ..PlanOptions::default()
+        })
+        .unwrap();
     drop(opened);
     let store = WeightStore::new(plan, LoadMode::Mmap).unwrap();
     let (mut guest, _) = store.instantiate().unwrap();
@@ -135,7 +170,12 @@ fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
     guest.xxh64_tensor(last).unwrap();
     // Cut the file to half while its pages are mapped into the shard memories.
     let size = std::fs::metadata(&path).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(size / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
     let error = guest.xxh64_tensor(last).unwrap_err().to_string();
     assert!(error.contains("model file changed"), "{error}");
     // The host's own reads of the file fail cleanly too.

@@ -52,7 +52,12 @@ pub struct TensorLoc {
 /// The bytes the host writes at scratch offset 0.
 pub fn encode_tables(routes: &[Route], tensors: &[TensorLoc]) -> Vec<u8> {
     let mut out = Vec::with_capacity(scratch_free_offset(routes.len(), tensors.len()));
-    for word in [TABLE_MAGIC, TABLE_VERSION, routes.len() as u32, tensors.len() as u32] {
+    for word in [
+        TABLE_MAGIC,
+        TABLE_VERSION,
+        routes.len() as u32,
+        tensors.len() as u32,
+    ] {
         out.extend_from_slice(&word.to_le_bytes());
     }
     for r in routes {

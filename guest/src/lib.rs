@@ -23,7 +23,11 @@ fn k(value: u64) -> String {
 
 /// XXH64's round, inlined (Cranelift does not inline wasm calls).
 fn round(acc: &str, input: &str) -> String {
-    format!("(i64.mul (i64.rotl (i64.add {acc} (i64.mul {input} {p2})) (i64.const 31)) {p1})", p2 = k(P2), p1 = k(P1))
+    format!(
+        "(i64.mul (i64.rotl (i64.add {acc} (i64.mul {input} {p2})) (i64.const 31)) {p1})",
+        p2 = k(P2),
+        p1 = k(P1)
+    )
 }
 
 /// XXH64 of `len` bytes at `p` in memory `$mem`, per the XXH64 spec (seed 0).
@@ -145,16 +149,24 @@ fn stream_function(shard: u32) -> String {
 /// An exported dispatcher `$export(shard, p, n)` that calls `$target_{k}` for
 /// shard k through a `br_table`, trapping on an unknown shard.
 fn dispatcher(export: &str, target: &str, shards: u32) -> String {
-    let mut text = format!("\n  (func ${export} (export \"{export}\") (param $shard i32) (param $p i64) (param $n i64) (result i64)\n");
+    let mut text = format!(
+        "\n  (func ${export} (export \"{export}\") (param $shard i32) (param $p i64) (param $n i64) (result i64)\n"
+    );
     text += "    (block $unknown_shard\n";
     for k in (0..shards).rev() {
         let _ = writeln!(text, "    (block $s{k}");
     }
     let targets: String = (0..shards).map(|k| format!("$s{k} ")).collect();
     // The br_table closes the innermost block; each shard's return closes the next one out.
-    let _ = writeln!(text, "      (br_table {targets}$unknown_shard (local.get $shard)))");
+    let _ = writeln!(
+        text,
+        "      (br_table {targets}$unknown_shard (local.get $shard)))"
+    );
     for k in 0..shards {
-        let _ = writeln!(text, "      (return (call ${target}_{k} (local.get $p) (local.get $n))))");
+        let _ = writeln!(
+            text,
+            "      (return (call ${target}_{k} (local.get $p) (local.get $n))))"
+        );
     }
     text + "    unreachable)"
 }
@@ -219,7 +231,13 @@ pub fn guest_wat(shards: u32) -> String {
         abi::SCRATCH_MIN_PAGES
     );
     for k in 0..shards {
-        let _ = writeln!(wat, "  (import \"{}\" \"{}\" (memory $m{} i64 0))", abi::IMPORT_MODULE, abi::shard_import(k), k + 1);
+        let _ = writeln!(
+            wat,
+            "  (import \"{}\" \"{}\" (memory $m{} i64 0))",
+            abi::IMPORT_MODULE,
+            abi::shard_import(k),
+            k + 1
+        );
     }
     wat += &table_functions();
     wat += &dispatcher("xxh64_range", "xxh64", shards);

@@ -18,7 +18,10 @@ struct Guest {
 impl Guest {
     fn new(shards: u32, pages: u64, tables: &[u8]) -> Guest {
         let mut config = Config::new();
-        config.wasm_memory64(true).wasm_multi_memory(true).wasm_simd(true);
+        config
+            .wasm_memory64(true)
+            .wasm_multi_memory(true)
+            .wasm_simd(true);
         let engine = Engine::new(&config).unwrap();
         let module = Module::new(&engine, guest_wasm(shards).unwrap()).unwrap();
         let mut store = Store::new(&engine, ());
@@ -26,23 +29,42 @@ impl Guest {
         let scratch_pages = (tables.len().div_ceil(PAGE) as u32).max(1);
         let scratch = Memory::new(&mut store, MemoryType::new(scratch_pages, None)).unwrap();
         scratch.data_mut(&mut store)[..tables.len()].copy_from_slice(tables);
-        linker.define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch).unwrap();
+        linker
+            .define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch)
+            .unwrap();
         let mut memories = Vec::new();
         for k in 0..shards {
             let memory = Memory::new(&mut store, MemoryType::new64(pages, Some(pages))).unwrap();
             let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(k);
             for byte in memory.data_mut(&mut store) {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 *byte = (state >> 56) as u8;
             }
-            linker.define(&mut store, abi::IMPORT_MODULE, &abi::shard_import(k), memory).unwrap();
+            linker
+                .define(
+                    &mut store,
+                    abi::IMPORT_MODULE,
+                    &abi::shard_import(k),
+                    memory,
+                )
+                .unwrap();
             memories.push(memory);
         }
         let instance = linker.instantiate(&mut store, &module).unwrap();
-        Guest { store, instance, shards: memories, scratch }
+        Guest {
+            store,
+            instance,
+            shards: memories,
+            scratch,
+        }
     }
 
-    fn func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(&mut self, name: &str) -> TypedFunc<P, R> {
+    fn func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        name: &str,
+    ) -> TypedFunc<P, R> {
         self.instance.get_typed_func(&mut self.store, name).unwrap()
     }
 
@@ -52,12 +74,14 @@ impl Guest {
 
     fn xxh64_range(&mut self, shard: u32, offset: u64, len: u64) -> wasmtime::Result<u64> {
         let f = self.func::<(i32, i64, i64), i64>("xxh64_range");
-        f.call(&mut self.store, (shard as i32, offset as i64, len as i64)).map(|h| h as u64)
+        f.call(&mut self.store, (shard as i32, offset as i64, len as i64))
+            .map(|h| h as u64)
     }
 
     fn stream_range(&mut self, shard: u32, offset: u64, len: u64) -> wasmtime::Result<u64> {
         let f = self.func::<(i32, i64, i64), i64>("stream_range");
-        f.call(&mut self.store, (shard as i32, offset as i64, len as i64)).map(|h| h as u64)
+        f.call(&mut self.store, (shard as i32, offset as i64, len as i64))
+            .map(|h| h as u64)
     }
 }
 
@@ -69,7 +93,8 @@ fn stream_model(bytes: &[u8]) -> u64 {
             *a ^= b;
         }
     }
-    u64::from_le_bytes(acc[..8].try_into().unwrap()) ^ u64::from_le_bytes(acc[8..].try_into().unwrap())
+    u64::from_le_bytes(acc[..8].try_into().unwrap())
+        ^ u64::from_le_bytes(acc[8..].try_into().unwrap())
 }
 
 fn features(multi_memory: bool) -> wasmparser::WasmFeatures {
@@ -84,8 +109,14 @@ fn features(multi_memory: bool) -> wasmparser::WasmFeatures {
 fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memory() {
     for shards in [1, 2, 4, 16, 64] {
         let wasm = guest_wasm(shards).unwrap();
-        wasmparser::Validator::new_with_features(features(true)).validate_all(&wasm).unwrap();
-        assert!(wasmparser::Validator::new_with_features(features(false)).validate_all(&wasm).is_err());
+        wasmparser::Validator::new_with_features(features(true))
+            .validate_all(&wasm)
+            .unwrap();
+        assert!(
+            wasmparser::Validator::new_with_features(features(false))
+                .validate_all(&wasm)
+                .is_err()
+        );
     }
 }
 
@@ -96,8 +127,15 @@ fn xxh64_of_every_short_length_matches_xxhash_rust_in_every_shard() {
         for shard in 0..shards {
             for len in 0..=300u64 {
                 let offset = (len * 37 + u64::from(shard)) % 1000;
-                let expected = xxh64(&guest.bytes(shard as usize, offset as usize, len as usize), 0);
-                assert_eq!(guest.xxh64_range(shard, offset, len).unwrap(), expected, "shard {shard} len {len}");
+                let expected = xxh64(
+                    &guest.bytes(shard as usize, offset as usize, len as usize),
+                    0,
+                );
+                assert_eq!(
+                    guest.xxh64_range(shard, offset, len).unwrap(),
+                    expected,
+                    "shard {shard} len {len}"
+                );
             }
         }
     }
@@ -111,7 +149,14 @@ fn xxh64_of_the_empty_input_is_the_canonical_value() {
 
 #[test]
 fn a_range_past_the_memory_or_an_unknown_shard_or_tensor_traps() {
-    let tables = abi::encode_tables(&[], &[abi::TensorLoc { shard: 0, offset: 0, bytes: 10 }]);
+    let tables = abi::encode_tables(
+        &[],
+        &[abi::TensorLoc {
+            shard: 0,
+            offset: 0,
+            bytes: 10,
+        }],
+    );
     let mut guest = Guest::new(2, 1, &tables);
     let error = guest.xxh64_range(0, PAGE as u64 - 8, 64).unwrap_err();
     assert!(format!("{error:?}").contains("out of bounds"), "{error:?}");
@@ -124,7 +169,11 @@ fn a_range_past_the_memory_or_an_unknown_shard_or_tensor_traps() {
 
 #[test]
 fn tensor_exports_read_the_table_entry() {
-    let loc = abi::TensorLoc { shard: 2, offset: 12345, bytes: 5000 };
+    let loc = abi::TensorLoc {
+        shard: 2,
+        offset: 12345,
+        bytes: 5000,
+    };
     let mut guest = Guest::new(3, 1, &abi::encode_tables(&[], &[loc, loc]));
     let expected = xxh64(&guest.bytes(2, 12345, 5000), 0);
     let f = guest.func::<i32, i64>("xxh64_tensor");

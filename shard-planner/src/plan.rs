@@ -321,7 +321,9 @@ impl Prepared {
         for remaining in (1..=shards).rev() {
             let cap = self.best_cap(from, remaining)?;
             largest = largest.max(cap);
-            let first = self.cut(from, cap, Some(remaining))?.and_then(|c| c.into_iter().next());
+            let first = self
+                .cut(from, cap, Some(remaining))?
+                .and_then(|c| c.into_iter().next());
             let first = first.ok_or(PlanError::TooLarge)?;
             from = first.end;
             cuts.push(first);
@@ -395,7 +397,11 @@ impl Plan {
         };
         let (largest, cuts) = prepared.balanced(count)?;
         if largest > cap {
-            return Err(PlanError::ShardsDoNotFit { shards: count, needed: largest, cap });
+            return Err(PlanError::ShardsDoNotFit {
+                shards: count,
+                needed: largest,
+                cap,
+            });
         }
         Self::place(layout, &prepared, &cuts, options)
     }

@@ -22,7 +22,11 @@ pub fn root() -> PathBuf {
 /// The path of a real model fetched by `scripts/fetch-models`.
 pub fn model(name: &str) -> PathBuf {
     let path = root().join("models").join(name);
-    assert!(path.exists(), "{} is missing: run scripts/fetch-models", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models",
+        path.display()
+    );
     path
 }
 
@@ -67,7 +71,12 @@ pub fn reference_tensors(path: &Path) -> Vec<ReferenceTensor> {
         .map(|t| ReferenceTensor {
             name: t["name"].as_str().unwrap().to_string(),
             ty: t["type"].as_str().unwrap().to_string(),
-            dims: t["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect(),
+            dims: t["dims"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect(),
             bytes: t["bytes"].as_u64().unwrap(),
             data_offset: t["data_offset"].as_u64().unwrap(),
         })
@@ -84,11 +93,21 @@ pub fn make_split(source: &Path, dir: &Path, tensors_per_file: usize) -> Vec<Pat
         out.to_str().expect("utf-8 path"),
         &tensors_per_file.to_string(),
     ]);
-    files.as_array().unwrap().iter().map(|f| PathBuf::from(f.as_str().unwrap())).collect()
+    files
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| PathBuf::from(f.as_str().unwrap()))
+        .collect()
 }
 
 /// XXH64 (seed 0) of every tensor's bytes, by python-xxhash over gguf-py's view.
 pub fn reference_xxh64(path: &Path) -> std::collections::HashMap<String, String> {
     let hashes = gguf_ref(&["xxh64", path.to_str().expect("utf-8 path")]);
-    hashes.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect()
+    hashes
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
 }

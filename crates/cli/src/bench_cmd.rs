@@ -16,8 +16,15 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         check_model_exists(model)?;
     }
     if args.synthetic_blocks > 0 {
-        let path = dir.path().join(format!("llama-3-70b-first-{}-blocks-random.gguf", args.synthetic_blocks));
-        eprintln!("writing a random-data synthetic model ({} Llama-3-70B blocks) to {}", args.synthetic_blocks, path.display());
+        let path = dir.path().join(format!(
+            "llama-3-70b-first-{}-blocks-random.gguf",
+            args.synthetic_blocks
+        ));
+        eprintln!(
+            "writing a random-data synthetic model ({} Llama-3-70B blocks) to {}",
+            args.synthetic_blocks,
+            path.display()
+        );
         bench::write_random_model(&path, args.synthetic_blocks)?;
         models.push(path);
     }

@@ -7,8 +7,15 @@ use anyhow::{Context, Result, anyhow};
 use crate::GuestArgs;
 
 pub fn run(args: &GuestArgs) -> Result<ExitCode> {
-    let wasm = shardload_guest::guest_wasm(args.shards).map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
-    std::fs::write(&args.output, &wasm).with_context(|| format!("cannot write {}", args.output.display()))?;
-    println!("{}: guest for {} shard memories, {} bytes", args.output.display(), args.shards, wasm.len());
+    let wasm = shardload_guest::guest_wasm(args.shards)
+        .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
+    std::fs::write(&args.output, &wasm)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "{}: guest for {} shard memories, {} bytes",
+        args.output.display(),
+        args.shards,
+        wasm.len()
+    );
     Ok(ExitCode::SUCCESS)
 }

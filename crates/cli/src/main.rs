@@ -58,7 +58,9 @@ through the routing table from its shard memory; the host computes it from the f
 if any differ. `xxh64` in --json is what `xxhsum -H1` prints for the tensor's bytes.")]
     Run(RunArgs),
     /// Write the guest module for N shard memories (for inspection or other runtimes).
-    #[command(after_help = "Example:\n  shardload guest --shards 4 -o guest.wasm\n\nThe ABI is documented in guest/README.md.")]
+    #[command(
+        after_help = "Example:\n  shardload guest --shards 4 -o guest.wasm\n\nThe ABI is documented in guest/README.md."
+    )]
     Guest(GuestArgs),
     /// Measure time to ready (mmap vs copy) and read throughput (guest vs native), in one run.
     #[command(after_help = "Examples:
@@ -222,7 +224,9 @@ fn check_model_exists(model: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     }
     if model == std::path::Path::new(DEFAULT_MODEL) {
-        anyhow::bail!("the default model {DEFAULT_MODEL} is missing: run scripts/fetch-models (or name a model)");
+        anyhow::bail!(
+            "the default model {DEFAULT_MODEL} is missing: run scripts/fetch-models (or name a model)"
+        );
     }
     anyhow::bail!("{}: no such file", model.display())
 }

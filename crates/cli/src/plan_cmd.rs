@@ -14,7 +14,8 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode> {
     let model = OpenModel::open(&args.model)?;
     let plan = model.plan(&args.split.options())?;
     if let Some(path) = &args.output {
-        std::fs::write(path, plan.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, plan.to_json())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
         println!("{}", plan.to_json());
@@ -29,7 +30,11 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode> {
 
 fn print_table(model: &OpenModel, plan: &Plan) {
     let files = &plan.model.files;
-    let arch = model.gguf.metadata().architecture().unwrap_or("unknown architecture");
+    let arch = model
+        .gguf
+        .metadata()
+        .architecture()
+        .unwrap_or("unknown architecture");
     println!(
         "model    {} ({}, {} tensors, {arch}, {} file{})",
         model.name(),
@@ -38,7 +43,10 @@ fn print_table(model: &OpenModel, plan: &Plan) {
         files.len(),
         if files.len() == 1 { "" } else { "s" }
     );
-    let shards_asked = plan.options.shards.map_or("fewest".to_string(), |n| n.to_string());
+    let shards_asked = plan
+        .options
+        .shards
+        .map_or("fewest".to_string(), |n| n.to_string());
     println!(
         "options  shards {shards_asked}, max shard size {}, boundary {:?}",
         human(plan.options.max_shard_size),
@@ -52,8 +60,11 @@ fn print_table(model: &OpenModel, plan: &Plan) {
     for shard in &plan.shards {
         let name = |i: usize| plan.tensors[i].span.name.as_str();
         // Blocks may be stored in any order (SmolLM2's are lexicographic), so count them.
-        let blocks: std::collections::BTreeSet<u64> =
-            shard.tensors.iter().filter_map(|&i| ModelLayout::block_of(name(i))).collect();
+        let blocks: std::collections::BTreeSet<u64> = shard
+            .tensors
+            .iter()
+            .filter_map(|&i| ModelLayout::block_of(name(i)))
+            .collect();
         let (first, last) = (shard.tensors.first(), shard.tensors.last());
         println!(
             "{:>5}  {:>10}  {:>8}  {:>7}  {:>11}  {:>7}  {:>9}  {} .. {}",
@@ -79,5 +90,8 @@ fn print_table(model: &OpenModel, plan: &Plan) {
         plan.tensors.len(),
         human(data)
     );
-    println!("balance  {:.3} (largest shard / mean shard)", plan.balance());
+    println!(
+        "balance  {:.3} (largest shard / mean shard)",
+        plan.balance()
+    );
 }

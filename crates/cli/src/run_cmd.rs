@@ -38,8 +38,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         LoadArg::Copy => LoadMode::Copy,
     };
     let started = Instant::now();
-    let store = WeightStore::new(plan, mode)?;
+    let mut store = WeightStore::new(plan, mode)?;
     let compile_time = started.elapsed();
+    let bar = (mode == LoadMode::Copy).then(|| copy_progress(store.plan(), args.instances.max(1)));
+    if let Some(bar) = &bar {
+        let bar = bar.clone();
+        store.set_progress(std::sync::Arc::new(move |bytes| bar.inc(bytes)));
+    }
     let plan = store.plan();
     let selection = select(plan, args.sample);
 
@@ -59,6 +64,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             first = Some((timings, verified));
         }
         instances.push(guest);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let (timings, verified) = first.expect("at least one instance");
     let ready = plan_time + timings.load() + compile_time + timings.instantiate;
@@ -118,7 +126,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         );
         for s in &plan.shards {
             let i = s.index as usize;
-            let in_shard: Vec<_> = selection.iter().filter(|&&t| plan.tensors[t].shard == s.index).collect();
+            let in_shard: Vec<_> = selection
+                .iter()
+                .filter(|&&t| plan.tensors[t].shard == s.index)
+                .collect();
             let bytes: u64 = in_shard.iter().map(|&&t| plan.tensors[t].span.bytes).sum();
             println!(
                 "{:>5}  {:>10}  {:>8}  {:>9.2}  {:>9.2}  {:>7.2}",
@@ -144,7 +155,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             "ready     {:.1} ms = plan {:.1} + {} {:.1} + compile {:.1} + instantiate {:.1}",
             ms(ready),
             ms(plan_time),
-            if mode == LoadMode::Mmap { "map" } else { "copy" },
+            if mode == LoadMode::Mmap {
+                "map"
+            } else {
+                "copy"
+            },
             ms(timings.load()),
             ms(compile_time),
             ms(timings.instantiate)
@@ -169,10 +184,35 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             );
         }
         for &t in &verified.failed {
-            eprintln!("shardload: tensor {} failed verification", plan.tensors[t].span.name);
+            eprintln!(
+                "shardload: tensor {} failed verification",
+                plan.tensors[t].span.name
+            );
         }
     }
-    Ok(if verified.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if verified.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A progress bar for copying every instance's memories; indicatif draws it
+/// only when stderr is a terminal.
+fn copy_progress(plan: &Plan, instances: usize) -> indicatif::ProgressBar {
+    let bytes: u64 = plan
+        .shards
+        .iter()
+        .flat_map(|s| &s.extents)
+        .map(|e| e.bytes)
+        .sum();
+    let bar = indicatif::ProgressBar::new(bytes * instances as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "copying {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .expect("a valid template");
+    bar.set_style(style);
+    bar
 }
 
 /// The tensors to verify: all, or per shard the first, the last and evenly
@@ -183,7 +223,13 @@ fn select(plan: &Plan, sample: Option<usize>) -> Vec<usize> {
         let tensors = &shard.tensors;
         match sample {
             Some(n) if n < tensors.len() => {
-                let picks = (0..n).map(|i| if n == 1 { 0 } else { i * (tensors.len() - 1) / (n - 1) });
+                let picks = (0..n).map(|i| {
+                    if n == 1 {
+                        0
+                    } else {
+                        i * (tensors.len() - 1) / (n - 1)
+                    }
+                });
                 let mut picks: Vec<usize> = picks.map(|i| tensors[i]).collect();
                 picks.dedup();
                 chosen.extend(picks);

@@ -14,10 +14,22 @@ pub fn run(args: &SynthArgs) -> Result<ExitCode> {
         shardload_store::bench::write_random_model(&args.output, args.blocks)
     } else {
         let writer = synthetic::llama3_70b_q4_k_m_blocks(args.blocks);
-        writer.write(&args.output, None).map(|layout| layout.file_size).map_err(Into::into)
+        writer
+            .write(&args.output, None)
+            .map(|layout| layout.file_size)
+            .map_err(Into::into)
     }
     .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let kind = if args.random { "random data" } else { "sparse: header + hole" };
-    println!("{}: Llama-3-70B Q4_K_M inventory, {} blocks, {} ({kind})", args.output.display(), args.blocks, human(size));
+    let kind = if args.random {
+        "random data"
+    } else {
+        "sparse: header + hole"
+    };
+    println!(
+        "{}: Llama-3-70B Q4_K_M inventory, {} blocks, {} ({kind})",
+        args.output.display(),
+        args.blocks,
+        human(size)
+    );
     Ok(ExitCode::SUCCESS)
 }

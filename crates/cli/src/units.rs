@@ -4,7 +4,9 @@
 /// TiB) and decimal (KB, MB, GB, TB) units; a bare `K`/`M`/`G`/`T` is binary.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -16,9 +18,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)"
+            ));
+        }
     };
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size like 16GiB or 512MiB"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 16GiB or 512MiB"))?;
     let bytes = value * scale as f64;
     if !bytes.is_finite() || bytes < 1.0 || bytes >= u64::MAX as f64 {
         return Err(format!("{text:?} is not a usable size"));

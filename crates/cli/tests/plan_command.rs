@@ -5,7 +5,10 @@ use std::process::{Command, Output};
 use shardload_suite::{GEMMA, SMOLLM2, model, reference_tensors};
 
 fn shardload(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardload")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -50,10 +53,19 @@ fn the_table_shows_every_shard_totals_and_balance() {
     let output = shardload(&["plan", model(SMOLLM2).to_str().unwrap(), "--shards", "4"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
-    for needle in ["272 tensors", "total", "balance", "token_embd.weight", "output_norm.weight"] {
+    for needle in [
+        "272 tensors",
+        "total",
+        "balance",
+        "token_embd.weight",
+        "output_norm.weight",
+    ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
-    let shard_rows = text.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).count();
+    let shard_rows = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .count();
     assert_eq!(shard_rows, 4, "{text}");
 }
 
@@ -62,19 +74,40 @@ fn the_written_plan_file_is_the_json_output() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plan.json");
     let path = model(SMOLLM2);
-    let args = ["plan", path.to_str().unwrap(), "--max-shard-size", "40MiB", "--boundary", "layer"];
+    let args = [
+        "plan",
+        path.to_str().unwrap(),
+        "--max-shard-size",
+        "40MiB",
+        "--boundary",
+        "layer",
+    ];
     let json = shardload(&[&args[..], &["--json"]].concat());
     let written = shardload(&[&args[..], &["-o", file.to_str().unwrap()]].concat());
-    assert!(json.status.success() && written.status.success(), "{}", stderr(&written));
-    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), stdout(&json).trim());
+    assert!(
+        json.status.success() && written.status.success(),
+        "{}",
+        stderr(&written)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        stdout(&json).trim()
+    );
 }
 
 #[test]
 fn bad_usage_exits_2_and_says_what_is_wrong() {
     let output = shardload(&["plan", "x.gguf", "--max-shard-size", "12 parsecs"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("unknown unit"), "{}", stderr(&output));
-    assert_eq!(shardload(&["plan", "--boundary", "diagonal"]).status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("unknown unit"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        shardload(&["plan", "--boundary", "diagonal"]).status.code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -84,7 +117,11 @@ fn a_file_that_is_not_gguf_exits_1_naming_the_file() {
     std::fs::write(&file, b"these are not the weights you are looking for").unwrap();
     let output = shardload(&["plan", file.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("notes.gguf"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("notes.gguf"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -92,5 +129,9 @@ fn help_teaches_with_examples() {
     let output = shardload(&["plan", "--help"]);
     assert!(output.status.success());
     let text = stdout(&output);
-    assert!(text.contains("Examples:") && text.contains("--max-shard-size") && text.contains("--boundary"));
+    assert!(
+        text.contains("Examples:")
+            && text.contains("--max-shard-size")
+            && text.contains("--boundary")
+    );
 }

@@ -11,7 +11,9 @@ mod types;
 mod value;
 mod writer;
 
-pub use reader::{DEFAULT_ALIGNMENT, Error, GgufFile, Header, MAX_DIMS, MAX_NAME_BYTES, TensorInfo, parse};
+pub use reader::{
+    DEFAULT_ALIGNMENT, Error, GgufFile, Header, MAX_DIMS, MAX_NAME_BYTES, TensorInfo, parse,
+};
 pub use split::{Model, SplitInfo};
 pub use types::{GgmlType, tensor_bytes};
 pub use value::Value;

@@ -94,7 +94,10 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: usize, field: &dyn Fn() -> String) -> Result<&'a [u8], Error> {
         if n > self.remaining() {
-            let message = format!("needs {n} bytes but the file ends {} bytes later", self.remaining());
+            let message = format!(
+                "needs {n} bytes but the file ends {} bytes later",
+                self.remaining()
+            );
             return Err(self.error(self.at, field(), message));
         }
         let slice = &self.bytes[self.at..self.at + n];
@@ -121,7 +124,10 @@ impl<'a> Cursor<'a> {
         let at = self.at;
         let count = self.u64(field)?;
         if count > (self.remaining() / min_bytes.max(1)) as u64 {
-            let message = format!("count {count} cannot fit in the {} bytes that remain", self.remaining());
+            let message = format!(
+                "count {count} cannot fit in the {} bytes that remain",
+                self.remaining()
+            );
             return Err(self.error(at, field(), message));
         }
         Ok(count as usize)
@@ -139,10 +145,19 @@ impl<'a> Cursor<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| self.error(at, field(), "is not valid UTF-8"))
     }
 
-    fn value(&mut self, type_id: u32, depth: usize, field: &dyn Fn() -> String) -> Result<Value, Error> {
+    fn value(
+        &mut self,
+        type_id: u32,
+        depth: usize,
+        field: &dyn Fn() -> String,
+    ) -> Result<Value, Error> {
         let at = self.at;
         if self.values_left == 0 {
-            return Err(self.error(at, field(), format!("the file holds more than {MAX_METADATA_VALUES} values")));
+            return Err(self.error(
+                at,
+                field(),
+                format!("the file holds more than {MAX_METADATA_VALUES} values"),
+            ));
         }
         self.values_left -= 1;
         Ok(match type_id {
@@ -156,12 +171,18 @@ impl<'a> Cursor<'a> {
             7 => match self.array::<1>(field)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                other => return Err(self.error(at, field(), format!("bool is {other}, not 0 or 1"))),
+                other => {
+                    return Err(self.error(at, field(), format!("bool is {other}, not 0 or 1")));
+                }
             },
             8 => Value::String(String::from_utf8_lossy(self.string_bytes(field)?).into_owned()),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.error(at, field(), format!("arrays nest deeper than {MAX_ARRAY_DEPTH}")));
+                    return Err(self.error(
+                        at,
+                        field(),
+                        format!("arrays nest deeper than {MAX_ARRAY_DEPTH}"),
+                    ));
                 }
                 let element_type = self.u32(field)?;
                 let min_bytes = match element_type {
@@ -170,12 +191,20 @@ impl<'a> Cursor<'a> {
                     4..=6 => 4,
                     8 | 10..=12 => 8,
                     9 => 12,
-                    other => return Err(self.error(at, field(), format!("unknown array element type {other}"))),
+                    other => {
+                        return Err(self.error(
+                            at,
+                            field(),
+                            format!("unknown array element type {other}"),
+                        ));
+                    }
                 };
                 let count = self.count(min_bytes, field)?;
                 let mut items = Vec::with_capacity(count.min(1 << 16));
                 for i in 0..count {
-                    items.push(self.value(element_type, depth + 1, &|| format!("{}[{i}]", field()))?);
+                    items.push(
+                        self.value(element_type, depth + 1, &|| format!("{}[{i}]", field()))?,
+                    );
                 }
                 Value::Array(items)
             }
@@ -190,11 +219,17 @@ impl<'a> Cursor<'a> {
 /// Parses and validates a GGUF header from a file's bytes. Pure: the fuzz
 /// target and the property tests call it on arbitrary bytes.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
-    let mut c = Cursor { bytes, at: 0, path, values_left: MAX_METADATA_VALUES };
+    let mut c = Cursor {
+        bytes,
+        at: 0,
+        path,
+        values_left: MAX_METADATA_VALUES,
+    };
     let magic = c.array::<4>(&|| "magic".into())?;
     if &magic != b"GGUF" {
         let message = if &magic == b"FUGG" {
-            "big-endian GGUF is not supported; convert it with gguf-py's gguf_convert_endian.py".to_string()
+            "big-endian GGUF is not supported; convert it with gguf-py's gguf_convert_endian.py"
+                .to_string()
         } else {
             format!("magic is {magic:02x?}, not \"GGUF\": this is not a GGUF file")
         };
@@ -203,7 +238,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
     let version = c.u32(&|| "version".into())?;
     match version {
         2 | 3 => {}
-        1 => return Err(c.error(4, "version", "GGUF v1 (32-bit counts) is not supported; re-convert the model")),
+        1 => {
+            return Err(c.error(
+                4,
+                "version",
+                "GGUF v1 (32-bit counts) is not supported; re-convert the model",
+            ));
+        }
         v if matches!(v.swap_bytes(), 1..=3) => {
             let message = "big-endian GGUF is not supported; convert it with gguf-py's gguf_convert_endian.py";
             return Err(c.error(4, "version", message));
@@ -221,7 +262,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
         let at = c.at;
         let key = c.utf8(&|| format!("metadata key {i}"))?;
         if !keys.insert(key.clone()) {
-            return Err(c.error(at, format!("metadata key {i}"), format!("duplicate key {key}")));
+            return Err(c.error(
+                at,
+                format!("metadata key {i}"),
+                format!("duplicate key {key}"),
+            ));
         }
         let type_id = c.u32(&|| format!("metadata {key} type"))?;
         let value = c.value(type_id, 0, &|| format!("metadata {key}"))?;
@@ -232,7 +277,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
         None => DEFAULT_ALIGNMENT,
         Some((_, value)) => match value.as_u64() {
             Some(a) if a.is_power_of_two() => a,
-            _ => return Err(c.error(0, "metadata general.alignment", format!("{value:?} is not a power of two"))),
+            _ => {
+                return Err(c.error(
+                    0,
+                    "metadata general.alignment",
+                    format!("{value:?} is not a power of two"),
+                ));
+            }
         },
     };
 
@@ -244,15 +295,27 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
         let name = c.utf8(&|| format!("tensor {i} name"))?;
         let what = format!("tensor {i} ({name})");
         if name.len() > MAX_NAME_BYTES {
-            return Err(c.error(at, format!("{what} name"), format!("is {} bytes, over {MAX_NAME_BYTES}", name.len())));
+            return Err(c.error(
+                at,
+                format!("{what} name"),
+                format!("is {} bytes, over {MAX_NAME_BYTES}", name.len()),
+            ));
         }
         if !names.insert(name.clone()) {
-            return Err(c.error(at, format!("{what} name"), "duplicates an earlier tensor's name"));
+            return Err(c.error(
+                at,
+                format!("{what} name"),
+                "duplicates an earlier tensor's name",
+            ));
         }
         let dims_at = c.at;
         let n_dims = c.u32(&|| format!("{what} n_dims"))? as usize;
         if !(1..=MAX_DIMS).contains(&n_dims) {
-            return Err(c.error(dims_at, format!("{what} n_dims"), format!("{n_dims} dims; 1 to {MAX_DIMS} allowed")));
+            return Err(c.error(
+                dims_at,
+                format!("{what} n_dims"),
+                format!("{n_dims} dims; 1 to {MAX_DIMS} allowed"),
+            ));
         }
         let mut dims = Vec::with_capacity(n_dims);
         for d in 0..n_dims {
@@ -276,14 +339,22 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
             return Err(c.error(offset_at, format!("{what} offset"), message));
         }
         starts.push((offset, bytes, offset_at, i));
-        tensors.push(TensorInfo { name, dims, ty, offset, bytes });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            bytes,
+        });
     }
 
     let header_end = c.at as u64;
     let data_offset = header_end.next_multiple_of(alignment);
     let file_size = bytes.len() as u64;
     if data_offset > file_size {
-        let message = format!("the data section would start at {data_offset}, past the end of the {file_size}-byte file");
+        let message = format!(
+            "the data section would start at {data_offset}, past the end of the {file_size}-byte file"
+        );
         return Err(c.error(c.at, "tensor data", message));
     }
     let data_size = file_size - data_offset;
@@ -300,7 +371,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
         }
         previous_end = end;
     }
-    Ok(Header { version, metadata, tensors, alignment, data_offset })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
 /// One mapped, validated GGUF file.
@@ -336,7 +413,11 @@ impl GgufFile {
         // change what we read but the header is validated from one read.
         let map = unsafe { Mmap::map(&file) }.map_err(io_error)?;
         let header = parse(path, &map)?;
-        Ok(GgufFile { path: path.to_path_buf(), map, header })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
     }
 
     /// The file's path, as given.
@@ -356,7 +437,11 @@ impl GgufFile {
 
     /// A metadata value by key.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.header.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.header
+            .metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// `general.architecture` (`llama`, `gemma3`).
@@ -366,7 +451,8 @@ impl GgufFile {
 
     /// `{arch}.block_count`: the number of transformer blocks.
     pub fn block_count(&self) -> Option<u64> {
-        self.get(&format!("{}.block_count", self.architecture()?))?.as_u64()
+        self.get(&format!("{}.block_count", self.architecture()?))?
+            .as_u64()
     }
 
     /// The tensor infos, in file order.

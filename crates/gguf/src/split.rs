@@ -39,7 +39,12 @@ pub struct Model {
 }
 
 fn error(path: &Path, field: &str, message: String) -> Error {
-    Error { path: path.display().to_string(), field: field.into(), offset: 0, message }
+    Error {
+        path: path.display().to_string(),
+        field: field.into(),
+        offset: 0,
+        message,
+    }
 }
 
 /// The path of file `no` (0-based) of the set whose first file is `first`,
@@ -70,14 +75,21 @@ impl Model {
             return Err(error(path, "metadata split.no", message));
         }
         if sibling(path, 0, split.count).as_deref() != Some(path) {
-            let message = format!("split set files must be named PREFIX-00001-of-{:05}.gguf", split.count);
+            let message = format!(
+                "split set files must be named PREFIX-00001-of-{:05}.gguf",
+                split.count
+            );
             return Err(error(path, "file name", message));
         }
         let mut files = vec![first];
         for no in 1..split.count {
             let next = sibling(path, no, split.count).expect("the first file's name was checked");
             if !next.exists() {
-                let message = format!("file {} of the split set, {}, is missing", no + 1, next.display());
+                let message = format!(
+                    "file {} of the split set, {}, is missing",
+                    no + 1,
+                    next.display()
+                );
                 return Err(error(path, "split set", message));
             }
             let file = GgufFile::open(&next)?;
@@ -95,7 +107,10 @@ impl Model {
         let model = Model { files };
         let total = model.tensor_count() as u64;
         if total != split.tensors_count {
-            let message = format!("is {} but the files hold {total} tensors", split.tensors_count);
+            let message = format!(
+                "is {} but the files hold {total} tensors",
+                split.tensors_count
+            );
             return Err(error(path, "metadata split.tensors.count", message));
         }
         let mut names = HashSet::new();
@@ -115,7 +130,10 @@ impl Model {
 
     /// Every tensor with the index of its file, in the model's logical order.
     pub fn tensors(&self) -> impl Iterator<Item = (usize, &TensorInfo)> {
-        self.files.iter().enumerate().flat_map(|(i, f)| f.tensors().iter().map(move |t| (i, t)))
+        self.files
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| f.tensors().iter().map(move |t| (i, t)))
     }
 
     /// How many tensors the model has across its files.

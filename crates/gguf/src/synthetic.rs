@@ -18,7 +18,10 @@ pub fn llama3_70b_q4_k_m_blocks(blocks: u64) -> GgufWriter {
     let (embed, ffn, kv, vocab) = (8192, 28672, 1024, 128256);
     let mut w = GgufWriter::new();
     w.kv("general.architecture", Value::String("llama".into()))
-        .kv("general.name", Value::String("Llama-3-70B synthetic inventory (Q4_K_M)".into()))
+        .kv(
+            "general.name",
+            Value::String("Llama-3-70B synthetic inventory (Q4_K_M)".into()),
+        )
         .kv("llama.block_count", Value::U32(blocks as u32))
         .kv("llama.context_length", Value::U32(8192))
         .kv("llama.embedding_length", Value::U32(embed as u32))
@@ -27,10 +30,11 @@ pub fn llama3_70b_q4_k_m_blocks(blocks: u64) -> GgufWriter {
         .kv("llama.attention.head_count_kv", Value::U32(8))
         .kv("llama.rope.freq_base", Value::F32(500000.0))
         .kv("general.file_type", Value::U32(15));
-    w.tensor("token_embd.weight", Q4_K, &[embed, vocab]).tensor("rope_freqs.weight", F32, &[64]);
+    w.tensor("token_embd.weight", Q4_K, &[embed, vocab])
+        .tensor("rope_freqs.weight", F32, &[64]);
     for i in 0..blocks {
         // llama.cpp's Q4_K_M keeps attn_v and ffn_down at Q6_K on these blocks.
-        let more_bits = i < 10 || i >= 70 || (i as i64 - 10) % 3 == 2;
+        let more_bits = !(10..70).contains(&i) || (i as i64 - 10) % 3 == 2;
         let v_down = if more_bits { Q6_K } else { Q4_K };
         let name = |t: &str| format!("blk.{i}.{t}.weight");
         w.tensor(&name("attn_norm"), F32, &[embed])
@@ -43,6 +47,7 @@ pub fn llama3_70b_q4_k_m_blocks(blocks: u64) -> GgufWriter {
             .tensor(&name("ffn_up"), Q4_K, &[embed, ffn])
             .tensor(&name("ffn_down"), v_down, &[ffn, embed]);
     }
-    w.tensor("output_norm.weight", F32, &[embed]).tensor("output.weight", Q6_K, &[embed, vocab]);
+    w.tensor("output_norm.weight", F32, &[embed])
+        .tensor("output.weight", Q6_K, &[embed, vocab]);
     w
 }

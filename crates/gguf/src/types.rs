@@ -96,7 +96,9 @@ impl GgmlType {
             return Ok(*ty);
         }
         match REMOVED.iter().find(|(removed, _)| *removed == id) {
-            Some((_, name)) => Err(format!("type id {id} is {name}, which ggml has removed; re-quantize the model")),
+            Some((_, name)) => Err(format!(
+                "type id {id} is {name}, which ggml has removed; re-quantize the model"
+            )),
             None => Err(format!("unknown ggml type id {id}")),
         }
     }
@@ -115,7 +117,8 @@ pub fn tensor_bytes(ty: GgmlType, dims: &[u64]) -> Option<u64> {
         return None;
     }
     let row_bytes = (row / ty.block_size()).checked_mul(ty.type_size())?;
-    rest.iter().try_fold(row_bytes, |bytes, &d| bytes.checked_mul(d))
+    rest.iter()
+        .try_fold(row_bytes, |bytes, &d| bytes.checked_mul(d))
 }
 
 #[cfg(test)]
@@ -133,13 +136,19 @@ mod tests {
     #[test]
     fn removed_types_are_refused_by_name() {
         let error = GgmlType::from_id(4).unwrap_err();
-        assert!(error.contains("Q4_2") && error.contains("removed"), "{error}");
+        assert!(
+            error.contains("Q4_2") && error.contains("removed"),
+            "{error}"
+        );
         assert!(GgmlType::from_id(9999).unwrap_err().contains("unknown"));
     }
 
     #[test]
     fn tensor_bytes_follow_blocks_and_refuse_partial_blocks_and_overflow() {
-        assert_eq!(tensor_bytes(GgmlType::Q4_K, &[8192, 1024]), Some(8192 / 256 * 144 * 1024));
+        assert_eq!(
+            tensor_bytes(GgmlType::Q4_K, &[8192, 1024]),
+            Some(8192 / 256 * 144 * 1024)
+        );
         assert_eq!(tensor_bytes(GgmlType::Q4_0, &[33]), None);
         assert_eq!(tensor_bytes(GgmlType::F32, &[u64::MAX / 2, 3]), None);
         assert_eq!(tensor_bytes(GgmlType::F32, &[]), None);

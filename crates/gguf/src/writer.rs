@@ -54,14 +54,17 @@ impl GgufWriter {
 
     fn alignment(&self) -> u64 {
         let key = self.metadata.iter().find(|(k, _)| k == "general.alignment");
-        key.and_then(|(_, v)| v.as_u64()).unwrap_or(DEFAULT_ALIGNMENT)
+        key.and_then(|(_, v)| v.as_u64())
+            .unwrap_or(DEFAULT_ALIGNMENT)
     }
 
     fn header(&self) -> std::io::Result<(Vec<u8>, WriterLayout)> {
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
         let alignment = self.alignment();
         if !alignment.is_power_of_two() {
-            return Err(invalid(format!("alignment {alignment} is not a power of two")));
+            return Err(invalid(format!(
+                "alignment {alignment} is not a power of two"
+            )));
         }
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
@@ -75,7 +78,8 @@ impl GgufWriter {
         }
         let (mut offsets, mut sizes, mut cursor) = (Vec::new(), Vec::new(), 0u64);
         for (name, ty, dims) in &self.tensors {
-            let bytes = tensor_bytes(*ty, dims).ok_or_else(|| invalid(format!("tensor {name}: bad dims {dims:?}")))?;
+            let bytes = tensor_bytes(*ty, dims)
+                .ok_or_else(|| invalid(format!("tensor {name}: bad dims {dims:?}")))?;
             write_string(&mut out, name.as_bytes());
             out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
             for d in dims {
@@ -88,7 +92,12 @@ impl GgufWriter {
             cursor = (cursor + bytes).next_multiple_of(alignment);
         }
         let data_offset = (out.len() as u64).next_multiple_of(alignment);
-        let layout = WriterLayout { data_offset, offsets, sizes, file_size: data_offset + cursor };
+        let layout = WriterLayout {
+            data_offset,
+            offsets,
+            sizes,
+            file_size: data_offset + cursor,
+        };
         Ok((out, layout))
     }
 

@@ -11,12 +11,30 @@ use shardload_suite::{GEMMA, SMOLLM2, gguf_ref, model, reference_tensors};
 fn the_type_table_equals_gguf_py_quant_sizes_both_ways() {
     let theirs = gguf_ref(&["quant-sizes"]);
     let theirs = theirs.as_object().unwrap();
-    assert_eq!(theirs.len(), GgmlType::all().len(), "gguf-py has {:?}", theirs.keys());
+    assert_eq!(
+        theirs.len(),
+        GgmlType::all().len(),
+        "gguf-py has {:?}",
+        theirs.keys()
+    );
     for (name, entry) in theirs {
-        let ours = GgmlType::from_name(name).unwrap_or_else(|| panic!("gguf-py type {name} is missing"));
-        assert_eq!(u64::from(ours.id()), entry["id"].as_u64().unwrap(), "{name} id");
-        assert_eq!(ours.block_size(), entry["block_size"].as_u64().unwrap(), "{name} block size");
-        assert_eq!(ours.type_size(), entry["type_size"].as_u64().unwrap(), "{name} type size");
+        let ours =
+            GgmlType::from_name(name).unwrap_or_else(|| panic!("gguf-py type {name} is missing"));
+        assert_eq!(
+            u64::from(ours.id()),
+            entry["id"].as_u64().unwrap(),
+            "{name} id"
+        );
+        assert_eq!(
+            ours.block_size(),
+            entry["block_size"].as_u64().unwrap(),
+            "{name} block size"
+        );
+        assert_eq!(
+            ours.type_size(),
+            entry["type_size"].as_u64().unwrap(),
+            "{name} type size"
+        );
     }
 }
 
@@ -40,8 +58,16 @@ fn smollm2_tensor_table_equals_gguf_py() {
     let file = GgufFile::open(model(SMOLLM2)).unwrap();
     assert_eq!(file.architecture(), Some("llama"));
     assert_eq!(file.block_count(), Some(30));
-    assert_eq!(file.get("tokenizer.ggml.model").and_then(Value::as_str), Some("gpt2"));
-    assert_eq!(file.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(<[_]>::len), Some(49152));
+    assert_eq!(
+        file.get("tokenizer.ggml.model").and_then(Value::as_str),
+        Some("gpt2")
+    );
+    assert_eq!(
+        file.get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .map(<[_]>::len),
+        Some(49152)
+    );
 }
 
 #[test]
@@ -57,10 +83,16 @@ fn opening_a_later_file_of_a_split_set_says_to_pass_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let files = shardload_suite::make_split(&model(SMOLLM2), dir.path(), 100);
     let error = Model::open(&files[1]).err().unwrap().to_string();
-    assert!(error.contains("file 2 of a 3-file split set") && error.contains("first file"), "{error}");
+    assert!(
+        error.contains("file 2 of a 3-file split set") && error.contains("first file"),
+        "{error}"
+    );
     std::fs::remove_file(&files[2]).unwrap();
     let error = Model::open(&files[0]).err().unwrap().to_string();
-    assert!(error.contains("is missing") && error.contains("split-00003-of-00003.gguf"), "{error}");
+    assert!(
+        error.contains("is missing") && error.contains("split-00003-of-00003.gguf"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -74,11 +106,19 @@ fn gguf_py_reads_a_file_written_by_the_writer_identically() {
         .tensor("a", GgmlType::Q4_K, &[512, 3])
         .tensor("b", GgmlType::F16, &[7])
         .tensor("c", GgmlType::IQ4_NL, &[64, 2, 2]);
-    writer.write(&path, Some(&mut |t, at, buf: &mut [u8]| buf.fill((t as u64 + at) as u8))).unwrap();
+    writer
+        .write(
+            &path,
+            Some(&mut |t, at, buf: &mut [u8]| buf.fill((t as u64 + at) as u8)),
+        )
+        .unwrap();
     let ours = GgufFile::open(&path).unwrap();
     let theirs = reference_tensors(&path);
     for (o, t) in ours.tensors().iter().zip(&theirs) {
-        assert_eq!((o.name.as_str(), o.ty.name(), &o.dims, o.bytes), (t.name.as_str(), t.ty.as_str(), &t.dims, t.bytes));
+        assert_eq!(
+            (o.name.as_str(), o.ty.name(), &o.dims, o.bytes),
+            (t.name.as_str(), t.ty.as_str(), &t.dims, t.bytes)
+        );
         assert_eq!(ours.header.data_offset + o.offset, t.data_offset);
         assert_eq!(t.data_offset % 64, 0);
     }
@@ -91,13 +131,22 @@ fn the_70b_inventory_is_724_tensors_of_42_47_gb_in_a_sparse_file_gguf_py_reads()
     synthetic::llama3_70b_q4_k_m().write(&path, None).unwrap();
     let file = GgufFile::open(&path).unwrap();
     assert_eq!(file.tensors().len(), 724);
-    assert_eq!(file.tensors().iter().map(|t| t.bytes).sum::<u64>(), 42_470_588_672);
-    let q6k = |name: &str| file.tensors().iter().find(|t| t.name == name).unwrap().ty == GgmlType::Q6_K;
-    assert!(q6k("blk.0.attn_v.weight") && q6k("blk.12.ffn_down.weight") && q6k("blk.75.attn_v.weight"));
+    assert_eq!(
+        file.tensors().iter().map(|t| t.bytes).sum::<u64>(),
+        42_470_588_672
+    );
+    let q6k =
+        |name: &str| file.tensors().iter().find(|t| t.name == name).unwrap().ty == GgmlType::Q6_K;
+    assert!(
+        q6k("blk.0.attn_v.weight") && q6k("blk.12.ffn_down.weight") && q6k("blk.75.attn_v.weight")
+    );
     assert!(!q6k("blk.10.attn_v.weight") && !q6k("blk.11.ffn_down.weight"));
     use std::os::unix::fs::MetadataExt;
     let on_disk = std::fs::metadata(&path).unwrap().blocks() * 512;
-    assert!(on_disk < 16 << 20, "a 42 GB synthetic model takes {on_disk} bytes of disk");
+    assert!(
+        on_disk < 16 << 20,
+        "a 42 GB synthetic model takes {on_disk} bytes of disk"
+    );
     assert_eq!(reference_tensors(&path).len(), 724);
 }
 
@@ -112,8 +161,12 @@ fn value() -> impl Strategy<Value = Value> {
         any::<i32>().prop_map(Value::I32),
         any::<u64>().prop_map(Value::U64),
         any::<i64>().prop_map(Value::I64),
-        any::<f32>().prop_filter("NaN != NaN", |f| !f.is_nan()).prop_map(Value::F32),
-        any::<f64>().prop_filter("NaN != NaN", |f| !f.is_nan()).prop_map(Value::F64),
+        any::<f32>()
+            .prop_filter("NaN != NaN", |f| !f.is_nan())
+            .prop_map(Value::F32),
+        any::<f64>()
+            .prop_filter("NaN != NaN", |f| !f.is_nan())
+            .prop_map(Value::F64),
         any::<bool>().prop_map(Value::Bool),
         ".{0,20}".prop_map(Value::String),
     ];
@@ -124,7 +177,11 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 fn writer() -> impl Strategy<Value = (GgufWriter, u32)> {
-    let tensor = (0..GgmlType::all().len(), prop::collection::vec(1u64..5, 0..=3), 1u64..4);
+    let tensor = (
+        0..GgmlType::all().len(),
+        prop::collection::vec(1u64..5, 0..=3),
+        1u64..4,
+    );
     (
         prop::collection::vec(("[a-z.]{1,12}", value()), 0..6),
         prop::collection::vec(tensor, 0..12),
@@ -152,7 +209,11 @@ fn writer() -> impl Strategy<Value = (GgufWriter, u32)> {
 fn assert_invariants(header: &Header, file_size: u64) {
     assert!(header.alignment.is_power_of_two());
     assert!(header.data_offset <= file_size);
-    let mut spans: Vec<(u64, u64)> = header.tensors.iter().map(|t| (t.offset, t.offset + t.bytes)).collect();
+    let mut spans: Vec<(u64, u64)> = header
+        .tensors
+        .iter()
+        .map(|t| (t.offset, t.offset + t.bytes))
+        .collect();
     spans.sort();
     for t in &header.tensors {
         assert_eq!(t.offset % header.alignment, 0);

@@ -59,14 +59,23 @@ fn assert_refused(raw: &Raw, field: &str, offset: u64, message: &str) {
     let error = refused(raw);
     let text = error.to_string();
     assert!(text.starts_with("evil.gguf: "), "{text}");
-    assert!(error.field.contains(field), "field {:?} lacks {field:?}: {text}", error.field);
+    assert!(
+        error.field.contains(field),
+        "field {:?} lacks {field:?}: {text}",
+        error.field
+    );
     assert_eq!(error.offset, offset, "{text}");
     assert!(text.contains(message), "{text} lacks {message:?}");
 }
 
 #[test]
 fn a_file_with_another_magic_is_not_gguf() {
-    assert_refused(&Raw(b"PK\x03\x04 this is a zip".to_vec()), "magic", 0, "not a GGUF file");
+    assert_refused(
+        &Raw(b"PK\x03\x04 this is a zip".to_vec()),
+        "magic",
+        0,
+        "not a GGUF file",
+    );
 }
 
 #[test]
@@ -76,18 +85,33 @@ fn gguf_v1_is_refused_by_version() {
 
 #[test]
 fn big_endian_gguf_is_refused_as_such() {
-    assert_refused(&Raw::header(3u32.swap_bytes(), 0, 0), "version", 4, "big-endian");
+    assert_refused(
+        &Raw::header(3u32.swap_bytes(), 0, 0),
+        "version",
+        4,
+        "big-endian",
+    );
     assert_refused(&Raw(b"FUGG\0\0\0\x03".to_vec()), "magic", 0, "big-endian");
 }
 
 #[test]
 fn a_huge_tensor_count_is_refused_before_allocating() {
-    assert_refused(&Raw::header(3, u64::MAX, 0), "tensor_count", 8, "cannot fit");
+    assert_refused(
+        &Raw::header(3, u64::MAX, 0),
+        "tensor_count",
+        8,
+        "cannot fit",
+    );
 }
 
 #[test]
 fn a_huge_metadata_count_is_refused_before_allocating() {
-    assert_refused(&Raw::header(3, 0, 1 << 60), "metadata_kv_count", 16, "cannot fit");
+    assert_refused(
+        &Raw::header(3, 0, 1 << 60),
+        "metadata_kv_count",
+        16,
+        "cannot fit",
+    );
 }
 
 #[test]
@@ -155,7 +179,11 @@ fn an_alignment_that_is_not_a_power_of_two_is_refused() {
 
 #[test]
 fn unknown_and_removed_tensor_types_are_refused_the_removed_by_name() {
-    for (id, message) in [(99, "unknown ggml type id 99"), (4, "Q4_2"), (31, "Q4_0_4_4")] {
+    for (id, message) in [
+        (99, "unknown ggml type id 99"),
+        (4, "Q4_2"),
+        (31, "Q4_0_4_4"),
+    ] {
         let mut raw = Raw::header(3, 1, 0);
         let at = raw.at() + 8 + 1 + 4 + 8;
         raw.tensor("t", &[32], id, 0).data(64);
@@ -219,7 +247,12 @@ fn a_misaligned_tensor_offset_is_refused() {
     let mut raw = Raw::header(3, 1, 0);
     let at = raw.at() + 8 + 1 + 4 + 8 + 4;
     raw.tensor("t", &[8], 0, 4).data(64);
-    assert_refused(&raw, "tensor 0 (t) offset", at, "not a multiple of general.alignment 32");
+    assert_refused(
+        &raw,
+        "tensor 0 (t) offset",
+        at,
+        "not a multiple of general.alignment 32",
+    );
 }
 
 #[test]
@@ -252,12 +285,16 @@ fn a_data_section_past_the_end_of_the_file_is_refused() {
 
 #[test]
 fn a_truncated_real_header_is_refused_at_every_cut() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let bytes = std::fs::read(&path).expect("run scripts/fetch-models");
     let header = shardload_gguf::parse(&path, &bytes).unwrap().data_offset as usize;
     // Every cut in the first 4 KiB, then cuts spread over the whole header.
     let cuts = (0..4096).chain((4096..header).step_by(header / 500));
     for cut in cuts {
-        assert!(parse(Path::new("cut.gguf"), &bytes[..cut]).is_err(), "cut at {cut} accepted");
+        assert!(
+            parse(Path::new("cut.gguf"), &bytes[..cut]).is_err(),
+            "cut at {cut} accepted"
+        );
     }
 }

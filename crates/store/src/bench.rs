@@ -56,7 +56,10 @@ pub fn time_to_ready(plan: &Plan) -> Result<ReadyTimes> {
         })
         .map(|(ready, load)| Ready { ready, load })
     };
-    Ok(ReadyTimes { mmap: ready(LoadMode::Mmap)?, copy: ready(LoadMode::Copy)? })
+    Ok(ReadyTimes {
+        mmap: ready(LoadMode::Mmap)?,
+        copy: ready(LoadMode::Copy)?,
+    })
 }
 
 /// Read throughput over every tensor of a store, guest and native, in GB/s.
@@ -78,18 +81,38 @@ pub struct ReadRates {
 /// natively over the very same shard memories (page cache warm).
 pub fn read_rates(store: &WeightStore) -> Result<ReadRates> {
     let plan = store.plan();
-    let tensors: Vec<usize> = (0..plan.tensors.len()).filter(|&t| plan.tensors[t].span.bytes > 0).collect();
+    let tensors: Vec<usize> = (0..plan.tensors.len())
+        .filter(|&t| plan.tensors[t].span.bytes > 0)
+        .collect();
     let bytes: u64 = tensors.iter().map(|&t| plan.tensors[t].span.bytes).sum();
     let (mut guest, _) = store.instantiate()?;
     let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
 
-    let (guest_xxh64, guest_hashes) = best_of(|| tensors.iter().map(|&t| guest.xxh64_tensor(t)).collect::<Result<Vec<_>>>())?;
-    let (guest_stream, guest_folds) = best_of(|| tensors.iter().map(|&t| guest.stream_tensor(t)).collect::<Result<Vec<_>>>())?;
+    let (guest_xxh64, guest_hashes) = best_of(|| {
+        tensors
+            .iter()
+            .map(|&t| guest.xxh64_tensor(t))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let (guest_stream, guest_folds) = best_of(|| {
+        tensors
+            .iter()
+            .map(|&t| guest.stream_tensor(t))
+            .collect::<Result<Vec<_>>>()
+    })?;
     let places: Vec<(usize, u64, u64)> = tensors
         .iter()
-        .map(|&t| (plan.tensors[t].shard as usize, plan.tensors[t].offset, plan.tensors[t].span.bytes))
+        .map(|&t| {
+            (
+                plan.tensors[t].shard as usize,
+                plan.tensors[t].offset,
+                plan.tensors[t].span.bytes,
+            )
+        })
         .collect();
-    let native = |f: &dyn Fn(&[u8]) -> u64, guest: &mut crate::GuestInstance| -> Result<(Duration, Vec<u64>)> {
+    let native = |f: &dyn Fn(&[u8]) -> u64,
+                  guest: &mut crate::GuestInstance|
+     -> Result<(Duration, Vec<u64>)> {
         best_of(|| {
             Ok(places
                 .iter()
@@ -102,8 +125,14 @@ pub fn read_rates(store: &WeightStore) -> Result<ReadRates> {
     };
     let (native_xxh64, native_hashes) = native(&|b| xxh64(b, 0), &mut guest)?;
     let (native_stream, native_folds) = native(&stream_fold, &mut guest)?;
-    anyhow::ensure!(guest_hashes == native_hashes, "guest and native XXH64 disagree");
-    anyhow::ensure!(guest_folds == native_folds, "guest and native stream folds disagree");
+    anyhow::ensure!(
+        guest_hashes == native_hashes,
+        "guest and native XXH64 disagree"
+    );
+    anyhow::ensure!(
+        guest_folds == native_folds,
+        "guest and native stream folds disagree"
+    );
     Ok(ReadRates {
         bytes,
         guest_xxh64: rate(guest_xxh64),
@@ -145,7 +174,8 @@ pub fn write_random_model(path: &std::path::Path, blocks: u64) -> Result<u64> {
             word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
         }
     };
-    let layout = shardload_gguf::synthetic::llama3_70b_q4_k_m_blocks(blocks).write(path, Some(&mut fill))?;
+    let layout =
+        shardload_gguf::synthetic::llama3_70b_q4_k_m_blocks(blocks).write(path, Some(&mut fill))?;
     Ok(layout.file_size)
 }
 
@@ -167,17 +197,32 @@ pub struct ModelReport {
 /// Plans `path` into `shards` shards and measures it.
 pub fn measure(path: &std::path::Path, shards: u32) -> Result<ModelReport> {
     let model = crate::OpenModel::open(path)?;
-    let plan = model.plan(&shard_planner::PlanOptions { shards: Some(shards), ..Default::default() })?;
+    let plan = model.plan(&shard_planner::PlanOptions {
+        shards: Some(shards),
+        ..Default::default()
+    })?;
     let ready = time_to_ready(&plan)?;
     let rates = read_rates(&WeightStore::new(plan.clone(), LoadMode::Mmap)?)?;
-    Ok(ModelReport { model: model.name(), bytes: plan.model.bytes, shards: plan.shards.len(), ready, rates })
+    Ok(ModelReport {
+        model: model.name(),
+        bytes: plan.model.bytes,
+        shards: plan.shards.len(),
+        ready,
+        rates,
+    })
 }
 
 impl std::fmt::Display for ModelReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let (m, c, r) = (self.ready.mmap, self.ready.copy, self.rates);
-        writeln!(f, "{} ({:.2} GB, {} shards)", self.model, self.bytes as f64 / 1e9, self.shards)?;
+        writeln!(
+            f,
+            "{} ({:.2} GB, {} shards)",
+            self.model,
+            self.bytes as f64 / 1e9,
+            self.shards
+        )?;
         writeln!(
             f,
             "  time to ready   mmap {:9.2} ms   copy {:9.2} ms   copy/mmap {:7.1}x",

@@ -30,7 +30,10 @@ pub(crate) fn watch(start: *mut u8, len: usize) -> Guard {
     INSTALL.call_once(install);
     let start = start as usize;
     for slot in 0..SLOTS {
-        if ENDS[slot].compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if ENDS[slot]
+            .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             STARTS[slot].store(start, Ordering::Release);
             ENDS[slot].store(start + len, Ordering::Release);
             return Guard(Some(slot));
@@ -65,11 +68,18 @@ fn install() {
     }
 }
 
-extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+extern "C" fn on_sigbus(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let address = unsafe { (*info).si_addr() } as usize;
     for slot in 0..SLOTS {
-        let (start, end) = (STARTS[slot].load(Ordering::Acquire), ENDS[slot].load(Ordering::Acquire));
+        let (start, end) = (
+            STARTS[slot].load(Ordering::Acquire),
+            ENDS[slot].load(Ordering::Acquire),
+        );
         if start <= address && address < end && end != usize::MAX {
             let page = address & !(crate::memory::HOST_PAGE_SIZE - 1);
             // SAFETY: replaces one page inside a mapping this process owns;
@@ -93,7 +103,7 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
     // Not ours: hand it on as if we had never been installed.
     // SAFETY: PREVIOUS was written by `install` before this handler could run.
     unsafe {
-        let previous = (*(&raw const PREVIOUS)).assume_init_ref();
+        let previous = &*(&raw const PREVIOUS).cast::<libc::sigaction>();
         if previous.sa_flags & libc::SA_SIGINFO != 0 {
             let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
                 std::mem::transmute(previous.sa_sigaction);

@@ -8,7 +8,7 @@ mod model;
 mod store;
 mod usage;
 
-pub use memory::LoadMode;
+pub use memory::{LoadMode, Progress};
 pub use model::{OpenModel, fingerprint};
 pub use store::{GuestInstance, InstanceTimings, WeightStore};
 pub use usage::MemoryUsage;

@@ -14,10 +14,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
+use crate::fault;
 use anyhow::{Context, Result, anyhow, ensure};
 use rayon::prelude::*;
 use shard_planner::{HOST_PAGE, Shard, WASM_PAGE};
-use crate::fault;
 use wasmtime::{Engine, Instance, LinearMemory, Memory, MemoryCreator, MemoryType, Module, Store};
 
 /// The host page size as a `usize`, for address arithmetic.
@@ -67,7 +67,10 @@ unsafe impl MemoryCreator for MappedCreator {
             .take()
             .ok_or("shardload: a module defined a memory that is not a shard; guests must import memories")?;
         if source.bytes != minimum || maximum != Some(minimum) {
-            return Err(format!("holder memory of {minimum} bytes for a {}-byte shard", source.bytes));
+            return Err(format!(
+                "holder memory of {minimum} bytes for a {}-byte shard",
+                source.bytes
+            ));
         }
         // The reservation can be smaller than the memory (wasmtime's default is
         // 4 GiB): reserve whatever is largest, plus the guard.
@@ -175,16 +178,24 @@ unsafe impl LinearMemory for MappedMemory {
     }
 }
 
+/// Told how many more bytes have been copied, from any thread.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Builds shard memories for one store, in either load mode.
 pub(crate) struct MemoryBuilder {
     pub(crate) creator: Arc<MappedCreator>,
     /// Holder modules by page count, compiled once per engine.
     holders: Mutex<HashMap<u64, Module>>,
+    pub(crate) progress: Option<Progress>,
 }
 
 impl MemoryBuilder {
     pub(crate) fn new(creator: Arc<MappedCreator>) -> MemoryBuilder {
-        MemoryBuilder { creator, holders: Mutex::default() }
+        MemoryBuilder {
+            creator,
+            holders: Mutex::default(),
+            progress: None,
+        }
     }
 
     /// Makes the memory of one shard in `store`.
@@ -196,25 +207,42 @@ impl MemoryBuilder {
         files: &[Arc<File>],
         mode: LoadMode,
     ) -> Result<Memory> {
-        let bytes = usize::try_from(shard.bytes).context("a shard larger than the address space")?;
+        let bytes =
+            usize::try_from(shard.bytes).context("a shard larger than the address space")?;
         let extents = shard
             .extents
             .iter()
             .map(|e| {
-                let file = files.get(e.file).ok_or_else(|| anyhow!("extent names missing file {}", e.file))?;
-                Ok((Arc::clone(file), e.file_offset, e.bytes as usize, e.memory_offset as usize))
+                let file = files
+                    .get(e.file)
+                    .ok_or_else(|| anyhow!("extent names missing file {}", e.file))?;
+                Ok((
+                    Arc::clone(file),
+                    e.file_offset,
+                    e.bytes as usize,
+                    e.memory_offset as usize,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         let source = ShardSource { bytes, extents };
         match mode {
             LoadMode::Mmap => self.mapped(engine, store, shard.pages, source),
-            LoadMode::Copy => copied(store, shard.pages, &source),
+            LoadMode::Copy => copied(store, shard.pages, &source, self.progress.as_ref()),
         }
     }
 
-    fn mapped(&self, engine: &Engine, store: &mut Store<()>, pages: u64, source: ShardSource) -> Result<Memory> {
+    fn mapped(
+        &self,
+        engine: &Engine,
+        store: &mut Store<()>,
+        pages: u64,
+        source: ShardSource,
+    ) -> Result<Memory> {
         let holder = {
-            let mut holders = self.holders.lock().map_err(|_| anyhow!("holder cache poisoned"))?;
+            let mut holders = self
+                .holders
+                .lock()
+                .map_err(|_| anyhow!("holder cache poisoned"))?;
             match holders.get(&pages) {
                 Some(module) => module.clone(),
                 None => {
@@ -226,22 +254,44 @@ impl MemoryBuilder {
                 }
             }
         };
-        let _building = self.creator.building.lock().map_err(|_| anyhow!("builder lock poisoned"))?;
-        *self.creator.next.lock().map_err(|_| anyhow!("shard source lock poisoned"))? = Some(source);
+        let _building = self
+            .creator
+            .building
+            .lock()
+            .map_err(|_| anyhow!("builder lock poisoned"))?;
+        *self
+            .creator
+            .next
+            .lock()
+            .map_err(|_| anyhow!("shard source lock poisoned"))? = Some(source);
         let instance = Instance::new(&mut *store, &holder, &[]);
-        self.creator.next.lock().map_err(|_| anyhow!("shard source lock poisoned"))?.take();
+        self.creator
+            .next
+            .lock()
+            .map_err(|_| anyhow!("shard source lock poisoned"))?
+            .take();
         let instance = instance.map_err(|e| anyhow!("cannot map a shard memory: {e:?}"))?;
-        instance.get_memory(&mut *store, "shard").ok_or_else(|| anyhow!("holder module exports no memory"))
+        instance
+            .get_memory(&mut *store, "shard")
+            .ok_or_else(|| anyhow!("holder module exports no memory"))
     }
 }
 
 /// The baseline: an ordinary memory64 filled from the file in parallel. File
 /// bytes are read with `pread`, not through a mapping, so a file that shrinks
 /// meanwhile is an error rather than a SIGBUS.
-fn copied(store: &mut Store<()>, pages: u64, source: &ShardSource) -> Result<Memory> {
+fn copied(
+    store: &mut Store<()>,
+    pages: u64,
+    source: &ShardSource,
+    progress: Option<&Progress>,
+) -> Result<Memory> {
     let memory = Memory::new(&mut *store, MemoryType::new64(pages, Some(pages)))
         .map_err(|e| anyhow!("cannot allocate a {pages}-page memory: {e:?}"))?;
-    ensure!(memory.data_size(&*store) == source.bytes, "memory size differs from the plan");
+    ensure!(
+        memory.data_size(&*store) == source.bytes,
+        "memory size differs from the plan"
+    );
     let data = memory.data_mut(&mut *store);
     const CHUNK: usize = 8 << 20;
     let mut jobs = Vec::new();
@@ -257,7 +307,13 @@ fn copied(store: &mut Store<()>, pages: u64, source: &ShardSource) -> Result<Mem
         rest = tail;
     }
     jobs.into_par_iter()
-        .try_for_each(|(file, offset, chunk)| file.read_exact_at(chunk, offset))
+        .try_for_each(|(file, offset, chunk)| {
+            file.read_exact_at(chunk, offset)?;
+            if let Some(progress) = progress {
+                progress(chunk.len() as u64);
+            }
+            Ok::<_, std::io::Error>(())
+        })
         .context("cannot read the model file (did it change?)")?;
     Ok(memory)
 }

@@ -45,7 +45,11 @@ impl OpenModel {
                 file_offset: gguf.files[file].header.data_offset + t.offset,
             })
             .collect();
-        let layout = ModelLayout { files, alignment: gguf.metadata().header.alignment, tensors };
+        let layout = ModelLayout {
+            files,
+            alignment: gguf.metadata().header.alignment,
+            tensors,
+        };
         Ok(OpenModel { gguf, layout })
     }
 
@@ -59,8 +63,9 @@ impl OpenModel {
         let text = std::fs::read_to_string(plan_path)
             .with_context(|| format!("cannot read plan {}", plan_path.display()))?;
         let plan = Plan::from_json(&text).with_context(|| format!("{}", plan_path.display()))?;
-        plan.check_model(&self.layout)
-            .with_context(|| format!("{} was not made from {}", plan_path.display(), self.name()))?;
+        plan.check_model(&self.layout).with_context(|| {
+            format!("{} was not made from {}", plan_path.display(), self.name())
+        })?;
         Ok(plan)
     }
 

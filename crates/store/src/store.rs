@@ -13,7 +13,8 @@ use wasmtime::{Config, Engine, Linker, Memory, MemoryType, Module, Store, TypedF
 use xxhash_rust::xxh64::Xxh64;
 
 use crate::fault;
-use crate::memory::{LoadMode, MappedCreator, MemoryBuilder, scratch_pages};
+use crate::memory::{LoadMode, MappedCreator, MemoryBuilder, Progress, scratch_pages};
+use crate::usage::available_memory;
 
 /// A planned model ready to instantiate guests over: the engine, the compiled
 /// guest, the plan with its routing tables, and the open model files.
@@ -49,17 +50,27 @@ impl WeightStore {
     pub fn new(plan: Plan, mode: LoadMode) -> Result<WeightStore> {
         let creator = Arc::new(MappedCreator::default());
         let mut config = Config::new();
-        config.wasm_memory64(true).wasm_multi_memory(true).wasm_simd(true);
+        config
+            .wasm_memory64(true)
+            .wasm_multi_memory(true)
+            .wasm_simd(true);
         config.with_host_memory(creator.clone());
-        let engine = Engine::new(&config).map_err(|e| anyhow!("cannot configure wasmtime: {e:?}"))?;
+        let engine =
+            Engine::new(&config).map_err(|e| anyhow!("cannot configure wasmtime: {e:?}"))?;
         let shards = u32::try_from(plan.shards.len()).context("too many shards")?;
-        let wasm = shardload_guest::guest_wasm(shards).map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
-        let guest = Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the guest: {e:?}"))?;
+        let wasm = shardload_guest::guest_wasm(shards)
+            .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
+        let guest =
+            Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the guest: {e:?}"))?;
         let files = plan
             .model
             .files
             .iter()
-            .map(|f| File::open(&f.path).map(Arc::new).with_context(|| format!("cannot open {}", f.path)))
+            .map(|f| {
+                File::open(&f.path)
+                    .map(Arc::new)
+                    .with_context(|| format!("cannot open {}", f.path))
+            })
             .collect::<Result<Vec<_>>>()?;
         let routes: Vec<abi::Route> = Router::new(&plan)
             .routes()
@@ -74,10 +85,28 @@ impl WeightStore {
         let tensors: Vec<abi::TensorLoc> = plan
             .tensors
             .iter()
-            .map(|t| abi::TensorLoc { shard: t.shard, offset: t.offset, bytes: t.span.bytes })
+            .map(|t| abi::TensorLoc {
+                shard: t.shard,
+                offset: t.offset,
+                bytes: t.span.bytes,
+            })
             .collect();
         let tables = abi::encode_tables(&routes, &tensors);
-        Ok(WeightStore { engine, memories: MemoryBuilder::new(creator), guest, plan, tables, files, mode })
+        Ok(WeightStore {
+            engine,
+            memories: MemoryBuilder::new(creator),
+            guest,
+            plan,
+            tables,
+            files,
+            mode,
+        })
+    }
+
+    /// Reports bytes copied while building memories in [`LoadMode::Copy`]
+    /// (for a progress bar); mapping is too quick to need one.
+    pub fn set_progress(&mut self, progress: Progress) {
+        self.memories.progress = Some(progress);
     }
 
     /// The plan the store was built from.
@@ -87,6 +116,18 @@ impl WeightStore {
 
     /// Makes one guest instance in a store of its own, with its own shard memories.
     pub fn instantiate(&self) -> Result<(GuestInstance, InstanceTimings)> {
+        if self.mode == LoadMode::Copy {
+            let needed: u64 = self.plan.shards.iter().map(|s| s.bytes).sum();
+            if let Some(available) = available_memory().filter(|&a| needed > a) {
+                let gib = |bytes: u64| bytes as f64 / f64::from(1 << 30);
+                bail!(
+                    "copying the model needs {:.1} GiB of memory but only {:.1} GiB are available; \
+                     use --load mmap, which maps the file instead",
+                    gib(needed),
+                    gib(available)
+                );
+            }
+        }
         let mut store = Store::new(&self.engine, ());
         let mut timings = InstanceTimings::default();
         let mut shards = Vec::with_capacity(self.plan.shards.len());
@@ -105,16 +146,38 @@ impl WeightStore {
             .map_err(|e| anyhow!("cannot allocate guest scratch memory: {e:?}"))?;
         scratch.data_mut(&mut store)[..self.tables.len()].copy_from_slice(&self.tables);
         let mut linker = Linker::new(&self.engine);
-        linker.define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch).map_err(wasm_error)?;
+        linker
+            .define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch)
+            .map_err(wasm_error)?;
         for (k, memory) in shards.iter().enumerate() {
-            linker.define(&mut store, abi::IMPORT_MODULE, &abi::shard_import(k as u32), *memory).map_err(wasm_error)?;
+            linker
+                .define(
+                    &mut store,
+                    abi::IMPORT_MODULE,
+                    &abi::shard_import(k as u32),
+                    *memory,
+                )
+                .map_err(wasm_error)?;
         }
-        let instance = linker.instantiate(&mut store, &self.guest).map_err(wasm_error)?;
+        let instance = linker
+            .instantiate(&mut store, &self.guest)
+            .map_err(wasm_error)?;
         let guest = GuestInstance {
-            xxh64_tensor: instance.get_typed_func(&mut store, "xxh64_tensor").map_err(wasm_error)?,
-            stream_tensor: instance.get_typed_func(&mut store, "stream_tensor").map_err(wasm_error)?,
-            route: instance.get_typed_func(&mut store, "route").map_err(wasm_error)?,
-            names: self.plan.tensors.iter().map(|t| t.span.name.clone()).collect(),
+            xxh64_tensor: instance
+                .get_typed_func(&mut store, "xxh64_tensor")
+                .map_err(wasm_error)?,
+            stream_tensor: instance
+                .get_typed_func(&mut store, "stream_tensor")
+                .map_err(wasm_error)?,
+            route: instance
+                .get_typed_func(&mut store, "route")
+                .map_err(wasm_error)?,
+            names: self
+                .plan
+                .tensors
+                .iter()
+                .map(|t| t.span.name.clone())
+                .collect(),
             shards,
             store,
         };
@@ -126,7 +189,12 @@ impl WeightStore {
     /// with `pread`: the reference the guest's hash is checked against, and
     /// safe (an error, not a SIGBUS) if the file shrinks meanwhile.
     pub fn host_xxh64(&self, tensor: usize) -> Result<u64> {
-        let span = &self.plan.tensors.get(tensor).ok_or_else(|| anyhow!("no tensor {tensor}"))?.span;
+        let span = &self
+            .plan
+            .tensors
+            .get(tensor)
+            .ok_or_else(|| anyhow!("no tensor {tensor}"))?
+            .span;
         let file = &self.files[span.file];
         let mut hash = Xxh64::new(0);
         let mut buffer = vec![0u8; (8 << 20).min(span.bytes as usize)];
@@ -134,7 +202,12 @@ impl WeightStore {
         while done < span.bytes {
             let n = buffer.len().min((span.bytes - done) as usize);
             file.read_exact_at(&mut buffer[..n], span.file_offset + done)
-                .with_context(|| format!("cannot read tensor {} from {} (did the file change?)", span.name, self.plan.model.files[span.file].path))?;
+                .with_context(|| {
+                    format!(
+                        "cannot read tensor {} from {} (did the file change?)",
+                        span.name, self.plan.model.files[span.file].path
+                    )
+                })?;
             hash.update(&buffer[..n]);
             done += n as u64;
         }
@@ -160,13 +233,15 @@ impl GuestInstance {
     /// The guest's XXH64 (seed 0) of a tensor, read in place from its shard.
     pub fn xxh64_tensor(&mut self, tensor: usize) -> Result<u64> {
         let func = self.xxh64_tensor.clone();
-        self.call("xxh64_tensor", tensor, |store, id| func.call(store, id)).map(|h| h as u64)
+        self.call("xxh64_tensor", tensor, |store, id| func.call(store, id))
+            .map(|h| h as u64)
     }
 
     /// Streams a tensor's bytes through SIMD loads in the guest (the bandwidth probe).
     pub fn stream_tensor(&mut self, tensor: usize) -> Result<u64> {
         let func = self.stream_tensor.clone();
-        self.call("stream_tensor", tensor, |store, id| func.call(store, id)).map(|h| h as u64)
+        self.call("stream_tensor", tensor, |store, id| func.call(store, id))
+            .map(|h| h as u64)
     }
 
     /// The guest's own routing of a logical offset: `None` where no tensor lies.
@@ -190,10 +265,14 @@ impl GuestInstance {
         tensor: usize,
         f: impl FnOnce(&mut Store<()>, i32) -> wasmtime::Result<i64>,
     ) -> Result<i64> {
-        let name = self.names.get(tensor).ok_or_else(|| anyhow!("no tensor {tensor}"))?;
+        let name = self
+            .names
+            .get(tensor)
+            .ok_or_else(|| anyhow!("no tensor {tensor}"))?;
         let id = i32::try_from(tensor).context("tensor index")?;
         let faults = fault::faults();
-        let result = f(&mut self.store, id).map_err(|e| anyhow!("guest export {export} on tensor {name} failed: {e:?}"))?;
+        let result = f(&mut self.store, id)
+            .map_err(|e| anyhow!("guest export {export} on tensor {name} failed: {e:?}"))?;
         if fault::faults() != faults {
             bail!(
                 "guest export {export} on tensor {name}: the model file changed while mapped (pages past its new end \

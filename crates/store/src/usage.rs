@@ -29,9 +29,10 @@ pub struct MemoryUsage {
 impl MemoryUsage {
     /// Reads `/proc/self/status` and `/proc/self/smaps_rollup`.
     pub fn now() -> Result<MemoryUsage> {
-        let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
-        let rollup =
-            std::fs::read_to_string("/proc/self/smaps_rollup").context("cannot read /proc/self/smaps_rollup")?;
+        let status = std::fs::read_to_string("/proc/self/status")
+            .context("cannot read /proc/self/status")?;
+        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup")
+            .context("cannot read /proc/self/smaps_rollup")?;
         let field = |text: &str, name: &str| -> u64 {
             text.lines()
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
@@ -47,4 +48,18 @@ impl MemoryUsage {
             private_clean: field(&rollup, "Private_Clean"),
         })
     }
+}
+
+/// Memory the kernel says new allocations can get without swapping
+/// (`MemAvailable` in /proc/meminfo), if it says.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    line.split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
 }
