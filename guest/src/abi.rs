@@ -2,6 +2,8 @@
 //! writes into the guest's scratch memory before calling it.
 //! `guest/README.md` documents the same layout for other guest authors.
 
+pub use shard_planner::Route;
+
 /// The import module every memory comes from.
 pub const IMPORT_MODULE: &str = "shardload";
 /// The scratch memory's import name: memory 0, a 32-bit memory.
@@ -22,20 +24,6 @@ pub const TENSOR_BYTES: usize = 32;
 /// The import name of shard `k`'s memory (memory index `k + 1`).
 pub fn shard_import(k: u32) -> String {
     format!("shard{k}")
-}
-
-/// A route entry: logical offsets `[logical_start, logical_end)` lie in shard
-/// `shard` from `shard_offset` on. Entries are sorted and do not overlap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Route {
-    /// First logical offset.
-    pub logical_start: u64,
-    /// One past the last logical offset.
-    pub logical_end: u64,
-    /// Shard index (memory index minus one).
-    pub shard: u32,
-    /// Offset of `logical_start` in the shard memory.
-    pub shard_offset: u64,
 }
 
 /// A tensor entry: where tensor `i` lies.

@@ -72,16 +72,6 @@ impl WeightStore {
                     .with_context(|| format!("cannot open {}", f.path))
             })
             .collect::<Result<Vec<_>>>()?;
-        let routes: Vec<abi::Route> = Router::new(&plan)
-            .routes()
-            .iter()
-            .map(|r| abi::Route {
-                logical_start: r.logical_start,
-                logical_end: r.logical_end,
-                shard: r.shard,
-                shard_offset: r.shard_offset,
-            })
-            .collect();
         let tensors: Vec<abi::TensorLoc> = plan
             .tensors
             .iter()
@@ -91,7 +81,7 @@ impl WeightStore {
                 bytes: t.span.bytes,
             })
             .collect();
-        let tables = abi::encode_tables(&routes, &tensors);
+        let tables = abi::encode_tables(Router::new(&plan).routes(), &tensors);
         Ok(WeightStore {
             engine,
             memories: MemoryBuilder::new(creator),

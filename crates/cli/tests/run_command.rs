@@ -1,0 +1,87 @@
+//! `shardload run` as a user and a program see it.
+
+use std::process::{Command, Output};
+
+use shardload_suite::{GEMMA, SMOLLM2, model, reference_xxh64};
+
+fn shardload(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn run_json_hashes_every_tensor_as_python_xxhash_does() {
+    let path = model(SMOLLM2);
+    let report = json(&shardload(&[
+        "run",
+        path.to_str().unwrap(),
+        "--shards",
+        "4",
+        "--json",
+    ]));
+    let reference = reference_xxh64(&path);
+    let tensors = report["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), reference.len());
+    for t in tensors {
+        assert_eq!(
+            t["xxh64"].as_str().unwrap(),
+            reference[t["name"].as_str().unwrap()]
+        );
+    }
+    assert_eq!(report["failed"], 0);
+    let timings = &report["timings_ms"];
+    for key in ["plan", "load", "compile", "instantiate", "ready", "verify"] {
+        assert!(timings[key].as_f64().is_some(), "timings_ms.{key}");
+    }
+}
+
+#[test]
+fn sample_verifies_the_first_last_and_spaced_tensors_of_each_shard() {
+    let path = model(GEMMA);
+    let args = [
+        "run",
+        path.to_str().unwrap(),
+        "--shards",
+        "3",
+        "--sample",
+        "2",
+        "--instances",
+        "2",
+        "--json",
+    ];
+    let report = json(&shardload(&args));
+    assert_eq!(report["tensors"].as_array().unwrap().len(), 6);
+    assert_eq!(report["memory"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_plan_made_from_another_model_exits_1_before_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("gemma.json");
+    let made = shardload(&[
+        "plan",
+        model(GEMMA).to_str().unwrap(),
+        "-o",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(made.status.success());
+    let output = shardload(&[
+        "run",
+        model(SMOLLM2).to_str().unwrap(),
+        "--plan",
+        plan.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("was not made from"));
+}
