@@ -9,6 +9,6 @@ mod store;
 mod usage;
 
 pub use memory::{LoadMode, Progress};
-pub use model::{OpenModel, fingerprint};
+pub use model::OpenModel;
 pub use store::{GuestInstance, InstanceTimings, WeightStore};
 pub use usage::MemoryUsage;

@@ -1,6 +1,8 @@
 //! Opens a model and describes it to the planner: the one place where the
 //! GGUF reader's view becomes the planner's tensor table.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -27,13 +29,15 @@ impl OpenModel {
         let files = gguf
             .files
             .iter()
-            .map(|file| ModelFile {
-                path: file.path().display().to_string(),
-                size: file.size(),
-                fingerprint: fingerprint(file),
-                data_offset: file.header.data_offset,
+            .map(|file| {
+                Ok(ModelFile {
+                    path: file.path().display().to_string(),
+                    size: file.size(),
+                    fingerprint: fingerprint(file)?,
+                    data_offset: file.header.data_offset,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let tensors = gguf
             .tensors()
             .map(|(file, t)| TensorSpan {
@@ -77,19 +81,31 @@ impl OpenModel {
 
 /// A fingerprint that notices a changed file without reading all of it: the
 /// size, the whole header (names, types, offsets, tokenizer) and evenly
-/// spaced 4 KiB windows of the tensor data, hashed with XXH64.
-pub fn fingerprint(file: &GgufFile) -> String {
-    let bytes = file.bytes();
+/// spaced 4 KiB windows of the tensor data, hashed with XXH64. Read with
+/// `pread`, not through the mapping, so a file that shrinks meanwhile is an
+/// error rather than a SIGBUS.
+fn fingerprint(file: &GgufFile) -> Result<String> {
+    let reader = File::open(file.path())
+        .with_context(|| format!("cannot open {}", file.path().display()))?;
+    let read = |offset: u64, len: u64| -> Result<Vec<u8>> {
+        let mut buffer = vec![0; len as usize];
+        reader
+            .read_exact_at(&mut buffer, offset)
+            .with_context(|| format!("cannot read {} (did it change?)", file.path().display()))?;
+        Ok(buffer)
+    };
     let mut hash = Xxh64::new(0);
     hash.update(&file.size().to_le_bytes());
-    let data_start = file.header.data_offset as usize;
-    hash.update(&bytes[..data_start]);
-    let data = &bytes[data_start..];
-    let span = (data.len() as u64).saturating_sub(FINGERPRINT_WINDOW);
+    let data_start = file.header.data_offset;
+    hash.update(&read(0, data_start)?);
+    let data_len = file.size() - data_start;
+    let span = data_len.saturating_sub(FINGERPRINT_WINDOW);
     for i in 0..FINGERPRINT_SAMPLES {
-        let start = (span * i / (FINGERPRINT_SAMPLES - 1)) as usize;
-        let end = (start + FINGERPRINT_WINDOW as usize).min(data.len());
-        hash.update(&data[start..end]);
+        let start = span * i / (FINGERPRINT_SAMPLES - 1);
+        hash.update(&read(
+            data_start + start,
+            FINGERPRINT_WINDOW.min(data_len - start),
+        )?);
     }
-    format!("xxh64:{:016x}", hash.digest())
+    Ok(format!("xxh64:{:016x}", hash.digest()))
 }
