@@ -7,6 +7,7 @@
 mod reader;
 mod split;
 pub mod synthetic;
+mod tokenizer;
 mod types;
 mod value;
 mod writer;
@@ -15,6 +16,7 @@ pub use reader::{
     DEFAULT_ALIGNMENT, Error, GgufFile, Header, MAX_DIMS, MAX_NAME_BYTES, TensorInfo, parse,
 };
 pub use split::{Model, SplitInfo};
+pub use tokenizer::Tokenizer;
 pub use types::{GgmlType, tensor_bytes};
 pub use value::Value;
 pub use writer::{Fill, GgufWriter, WriterLayout};

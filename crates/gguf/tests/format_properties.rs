@@ -76,6 +76,13 @@ fn gemma_tensor_table_equals_gguf_py() {
     let file = GgufFile::open(model(GEMMA)).unwrap();
     assert_eq!(file.architecture(), Some("gemma3"));
     assert_eq!(file.block_count(), Some(18));
+    let tokenizer = file.tokenizer().unwrap();
+    assert_eq!((tokenizer.model, tokenizer.tokens.len()), ("llama", 262144));
+    assert_eq!(tokenizer.scores.map(<[_]>::len), Some(262144));
+    assert_eq!(
+        (tokenizer.bos, tokenizer.eos, tokenizer.add_bos),
+        (Some(2), Some(1), Some(true))
+    );
 }
 
 #[test]
