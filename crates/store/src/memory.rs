@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use crate::fault;
 use anyhow::{Context, Result, anyhow, ensure};
 use rayon::prelude::*;
-use shard_planner::{HOST_PAGE, Shard, WASM_PAGE};
+use shard_planner::{HOST_PAGE, Shard};
 use wasmtime::{Engine, Instance, LinearMemory, Memory, MemoryCreator, MemoryType, Module, Store};
 
 /// The host page size as a `usize`, for address arithmetic.
@@ -36,7 +36,15 @@ pub enum LoadMode {
 /// A shard's file ranges, handed from the store builder to the creator.
 struct ShardSource {
     bytes: usize,
-    extents: Vec<(Arc<File>, u64, usize, usize)>,
+    extents: Vec<FileRange>,
+}
+
+/// One extent of a shard, resolved to an open file.
+struct FileRange {
+    file: Arc<File>,
+    file_offset: u64,
+    length: usize,
+    memory_offset: usize,
 }
 
 /// The engine-wide creator of mapped shard memories. A builder puts the next
@@ -130,15 +138,15 @@ impl MappedMemory {
             if zeros == libc::MAP_FAILED {
                 return Err(os_error("cannot map a shard's zero pages"));
             }
-            for (file, file_offset, length, memory_offset) in &source.extents {
+            for range in &source.extents {
                 // Extents end inside the file, so no mapped page lies wholly past its end.
                 let mapped = libc::mmap(
-                    memory.base.add(*memory_offset).cast(),
-                    length.next_multiple_of(HOST_PAGE_SIZE),
+                    memory.base.add(range.memory_offset).cast(),
+                    range.length.next_multiple_of(HOST_PAGE_SIZE),
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_FIXED,
-                    file.as_raw_fd(),
-                    *file_offset as libc::off_t,
+                    range.file.as_raw_fd(),
+                    range.file_offset as libc::off_t,
                 );
                 if mapped == libc::MAP_FAILED {
                     return Err(os_error("cannot map a shard's file extent"));
@@ -216,12 +224,12 @@ impl MemoryBuilder {
                 let file = files
                     .get(e.file)
                     .ok_or_else(|| anyhow!("extent names missing file {}", e.file))?;
-                Ok((
-                    Arc::clone(file),
-                    e.file_offset,
-                    e.bytes as usize,
-                    e.memory_offset as usize,
-                ))
+                Ok(FileRange {
+                    file: Arc::clone(file),
+                    file_offset: e.file_offset,
+                    length: e.bytes as usize,
+                    memory_offset: e.memory_offset as usize,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let source = ShardSource { bytes, extents };
@@ -297,13 +305,13 @@ fn copied(
     let mut jobs = Vec::new();
     let mut rest = data;
     let mut cursor = 0;
-    for (file, file_offset, length, memory_offset) in &source.extents {
-        let (_, tail) = rest.split_at_mut(memory_offset - cursor);
-        let (extent, tail) = tail.split_at_mut(*length);
+    for range in &source.extents {
+        let (_, tail) = rest.split_at_mut(range.memory_offset - cursor);
+        let (extent, tail) = tail.split_at_mut(range.length);
         for (i, chunk) in extent.chunks_mut(CHUNK).enumerate() {
-            jobs.push((file, file_offset + (i * CHUNK) as u64, chunk));
+            jobs.push((&range.file, range.file_offset + (i * CHUNK) as u64, chunk));
         }
-        cursor = memory_offset + length;
+        cursor = range.memory_offset + range.length;
         rest = tail;
     }
     jobs.into_par_iter()
@@ -316,9 +324,4 @@ fn copied(
         })
         .context("cannot read the model file (did it change?)")?;
     Ok(memory)
-}
-
-/// The memory a guest's scratch (memory 0) starts with, in wasm pages.
-pub(crate) fn scratch_pages(table_bytes: usize, min_pages: u64) -> u64 {
-    (table_bytes as u64).div_ceil(WASM_PAGE).max(min_pages)
 }

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use shard_planner::{Plan, Router};
+use shard_planner::{Plan, Router, WASM_PAGE};
 use shardload_guest::abi;
 use wasmtime::{Config, Engine, Linker, Memory, MemoryType, Module, Store, TypedFunc};
 use xxhash_rust::xxh64::Xxh64;
 
 use crate::fault;
-use crate::memory::{LoadMode, MappedCreator, MemoryBuilder, Progress, scratch_pages};
+use crate::memory::{LoadMode, MappedCreator, MemoryBuilder, Progress};
 use crate::usage::available_memory;
 
 /// A planned model ready to instantiate guests over: the engine, the compiled
@@ -131,7 +131,9 @@ impl WeightStore {
             shards.push(memory);
         }
         let started = Instant::now();
-        let pages = scratch_pages(self.tables.len(), abi::SCRATCH_MIN_PAGES);
+        let pages = (self.tables.len() as u64)
+            .div_ceil(WASM_PAGE)
+            .max(abi::SCRATCH_MIN_PAGES);
         let scratch = Memory::new(&mut store, MemoryType::new(pages as u32, None))
             .map_err(|e| anyhow!("cannot allocate guest scratch memory: {e:?}"))?;
         scratch.data_mut(&mut store)[..self.tables.len()].copy_from_slice(&self.tables);
