@@ -7,6 +7,8 @@ shardload's own numbers are checked against these, never against themselves.
   gguf_ref.py quant-sizes                   gguf-py's GGML_QUANT_SIZES as JSON
   gguf_ref.py split SRC.gguf OUT.gguf N     a llama.cpp-style split set of SRC, N tensors per file
   gguf_ref.py xxh64 MODEL.gguf              XXH64 (seed 0, python-xxhash) of every tensor's bytes
+  gguf_ref.py dequantize MODEL.gguf ROWS NAME...  gguf-py's f32 of each tensor's first ROWS rows (hex)
+  gguf_ref.py quant-vectors OUT.gguf        random blocks of every kernel type + gguf-py's f32 of them
 """
 import json
 import sys
@@ -68,6 +70,57 @@ def xxh64(path):
     return {t.name: xxhash.xxh64_hexdigest(t.data.tobytes(), seed=0) for t in reader.tensors}
 
 
+def dequantize(path, rows, names):
+    import numpy as np
+    from gguf.quants import dequantize as reference
+
+    reader = gguf.GGUFReader(path)
+    result = {}
+    for tensor in (t for t in reader.tensors if t.name in names):
+        data = np.ascontiguousarray(tensor.data.reshape(-1, tensor.data.shape[-1])[:rows])
+        result[tensor.name] = reference(data, tensor.tensor_type).astype(np.float32).tobytes().hex()
+    return result
+
+
+# Byte offsets of the f16 scale fields in one block of each type: random bytes
+# there could be NaN or infinity, so they get random finite halves instead.
+SCALE_FIELDS = {
+    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
+    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+    "IQ4_NL": [0], "IQ4_XS": [0],
+}
+
+
+def quant_vectors(out):
+    """Two rows of 512 elements per type, quantized bytes next to gguf-py's f32."""
+    import numpy as np
+    from gguf.quants import dequantize as reference
+
+    rng = np.random.default_rng(20261124)
+    writer = gguf.GGUFWriter(out, "vectors")
+    for name in ["F32", "F16", "BF16", *SCALE_FIELDS]:
+        qtype = gguf.GGMLQuantizationType[name]
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        blocks = 2 * 512 // block
+        if name in ("F32", "F16", "BF16"):
+            values = rng.normal(0, 2, size=(2, 512)).astype(np.float32)
+            raw = gguf.quants.quantize(values, qtype).view(np.uint8).reshape(2, -1)
+        else:
+            raw = rng.integers(0, 256, size=(blocks, size), dtype=np.uint8)
+            for at in SCALE_FIELDS[name]:
+                halves = (rng.normal(0, 0.05, size=blocks)).astype(np.float16)
+                raw[:, at:at + 2] = halves.view(np.uint8).reshape(blocks, 2)
+            raw = raw.reshape(2, -1)
+        expected = reference(raw, qtype).astype(np.float32)
+        writer.add_tensor(name, raw, raw_dtype=qtype)
+        writer.add_tensor(name + ".f32", expected)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
 def main(argv):
     if len(argv) < 1:
         sys.exit(__doc__)
@@ -80,6 +133,10 @@ def main(argv):
         result = split(args[0], args[1], int(args[2]))
     elif command == "xxh64" and len(args) == 1:
         result = xxh64(args[0])
+    elif command == "dequantize" and len(args) >= 3:
+        result = dequantize(args[0], int(args[1]), set(args[2:]))
+    elif command == "quant-vectors" and len(args) == 1:
+        result = quant_vectors(args[0])
     else:
         sys.exit(__doc__)
     json.dump(result, sys.stdout)
