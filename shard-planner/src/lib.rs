@@ -32,6 +32,29 @@ pub enum Boundary {
     Layer,
 }
 
+impl std::fmt::Display for Boundary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Boundary::Tensor => "tensor",
+            Boundary::Layer => "layer",
+        })
+    }
+}
+
+/// A byte count as errors print it: exact, and in MiB for people.
+struct Size(u64);
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes ({:.1} MiB)",
+            self.0,
+            self.0 as f64 / f64::from(1 << 20)
+        )
+    }
+}
+
 /// What the user asked of a plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanOptions {
@@ -57,7 +80,7 @@ impl Default for PlanOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// One tensor (or block) is larger than any shard may be.
-    #[error("{what} needs a {bytes}-byte memory, over the {cap}-byte --max-shard-size: raise it")]
+    #[error("{what} needs a memory of {}, over --max-shard-size {}: raise it", Size(*.bytes), Size(*.cap))]
     UnitTooLarge {
         /// The tensor or block range.
         what: String,
@@ -68,7 +91,7 @@ pub enum PlanError {
     },
     /// N shards cannot hold the model under the cap.
     #[error(
-        "{shards} shards cannot hold the model under --max-shard-size {cap} bytes: the best {shards}-shard plan needs {needed} bytes for its largest shard; ask for more shards or raise the cap"
+        "{shards} shards cannot hold the model under --max-shard-size {}: the best {shards}-shard plan needs {} for its largest shard; ask for more shards or raise the cap", Size(*.cap), Size(*.needed)
     )]
     ShardsDoNotFit {
         /// Shards asked for.
@@ -80,7 +103,7 @@ pub enum PlanError {
     },
     /// More shards than places to cut.
     #[error(
-        "cannot make {shards} shards: the model has only {units} pieces that --boundary {boundary:?} may not split"
+        "cannot make {shards} shards: the model has only {units} pieces that --boundary {boundary} may not split"
     )]
     TooManyShards {
         /// Shards asked for.

@@ -48,7 +48,7 @@ fn print_table(model: &OpenModel, plan: &Plan) {
         .shards
         .map_or("fewest".to_string(), |n| n.to_string());
     println!(
-        "options  shards {shards_asked}, max shard size {}, boundary {:?}",
+        "options  shards {shards_asked}, max shard size {}, boundary {}",
         human(plan.options.max_shard_size),
         plan.options.boundary
     );

@@ -77,7 +77,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     if args.json {
         let report = json!({
             "model": model.name(),
-            "load": format!("{mode:?}").to_lowercase(),
+            "load": mode.to_string(),
             "instances": instances.len(),
             "shards": plan.shards.iter().map(|s| json!({
                 "index": s.index,
@@ -114,10 +114,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "model     {} ({} tensors, {} shards, load {mode:?})",
+            "model     {} ({} tensors, {} shards, load {})",
             model.name(),
             plan.tensors.len(),
-            plan.shards.len()
+            plan.shards.len(),
+            mode
         );
         println!();
         println!(

@@ -33,6 +33,15 @@ pub enum LoadMode {
     Copy,
 }
 
+impl std::fmt::Display for LoadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LoadMode::Mmap => "mmap",
+            LoadMode::Copy => "copy",
+        })
+    }
+}
+
 /// A shard's file ranges, handed from the store builder to the creator.
 struct ShardSource {
     bytes: usize,
