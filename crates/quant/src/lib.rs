@@ -230,3 +230,40 @@ fn iq4_xs(b: &[u8], y: &mut [f32]) {
         *y = dl * f32::from(IQ4_LEVELS[nibble as usize]);
     }
 }
+
+/// `y[r] = Σ_j W[r][j] · x[j]` for whole rows of `ty` in `rows` (each row
+/// `x.len()` elements): the native matvec the guest's is measured against.
+/// Each row is dequantized exactly, then summed in f32 with four
+/// accumulators, so `|y[r] − exact| ≤ n · 2⁻²⁴ · Σ_j |W[r][j] · x[j]|` for
+/// rows of n elements (the standard bound for recursive f32 summation).
+pub fn matvec(ty: GgmlType, rows: &[u8], x: &[f32], y: &mut [f32]) -> Result<(), DequantizeError> {
+    let row_bytes = (x.len() as u64 / ty.block_size() * ty.type_size()) as usize;
+    let whole_rows = row_bytes > 0
+        && (x.len() as u64).is_multiple_of(ty.block_size())
+        && rows.len() == row_bytes * y.len();
+    if !whole_rows {
+        return Err(DequantizeError::BadLength {
+            bytes: rows.len(),
+            out: x.len() * y.len(),
+        });
+    }
+    let mut w = vec![0f32; x.len()];
+    for (row, y) in rows.chunks_exact(row_bytes).zip(y.iter_mut()) {
+        dequantize(ty, row, &mut w)?;
+        let mut acc = [0f32; 4];
+        let (w4, x4) = (w.chunks_exact(4), x.chunks_exact(4));
+        let tail: f32 = w4
+            .remainder()
+            .iter()
+            .zip(x4.remainder())
+            .map(|(a, b)| a * b)
+            .sum();
+        for (a, b) in w4.zip(x4) {
+            for k in 0..4 {
+                acc[k] += a[k] * b[k];
+            }
+        }
+        *y = (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail;
+    }
+    Ok(())
+}

@@ -97,3 +97,43 @@ fn partial_blocks_and_short_outputs_are_refused() {
         Err(DequantizeError::BadLength { .. })
     ));
 }
+
+#[test]
+fn matvec_is_within_the_stated_bound_of_the_f64_product_of_gguf_py_weights() {
+    let file = GgufFile::open(root().join("tests/vectors/quants.gguf")).unwrap();
+    let by_name: BTreeMap<&str, &TensorInfo> = file
+        .tensors()
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let x: Vec<f32> = (0..512)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    for &ty in SUPPORTED {
+        let weights: Vec<f32> = f32s(data(&file, by_name[format!("{}.f32", ty.name()).as_str()]))
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
+        let mut y = [0f32; 2];
+        shardload_quant::matvec(ty, data(&file, by_name[ty.name()]), &x, &mut y).unwrap();
+        for (r, &got) in y.iter().enumerate() {
+            let row = &weights[r * 512..(r + 1) * 512];
+            let exact: f64 = row
+                .iter()
+                .zip(&x)
+                .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                .sum();
+            let magnitude: f64 = row
+                .iter()
+                .zip(&x)
+                .map(|(&w, &x)| (f64::from(w) * f64::from(x)).abs())
+                .sum();
+            let bound = 512.0 * 2f64.powi(-24) * magnitude;
+            assert!(
+                (f64::from(got) - exact).abs() <= bound,
+                "{} row {r}: {got} vs {exact} (bound {bound})",
+                ty.name()
+            );
+        }
+    }
+}
