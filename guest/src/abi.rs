@@ -12,8 +12,8 @@ pub const SCRATCH_IMPORT: &str = "scratch";
 pub const SCRATCH_MIN_PAGES: u64 = 1;
 /// `"SLRT"` read as a little-endian u32: marks the tables' header.
 pub const TABLE_MAGIC: u32 = u32::from_le_bytes(*b"SLRT");
-/// Version of the table layout.
-pub const TABLE_VERSION: u32 = 1;
+/// Version of the table layout (2: tensor entries carry type and row length).
+pub const TABLE_VERSION: u32 = 2;
 /// Bytes of the table header.
 pub const HEADER_BYTES: usize = 16;
 /// Bytes of one route entry.
@@ -26,7 +26,7 @@ pub fn shard_import(k: u32) -> String {
     format!("shard{k}")
 }
 
-/// A tensor entry: where tensor `i` lies.
+/// A tensor entry: where tensor `i` lies, and what it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorLoc {
     /// Shard index.
@@ -35,6 +35,10 @@ pub struct TensorLoc {
     pub offset: u64,
     /// Its size in bytes.
     pub bytes: u64,
+    /// Its ggml type id (kernels dispatch on it).
+    pub ggml_type: u32,
+    /// Elements per row (ne0).
+    pub row_len: u64,
 }
 
 /// The bytes the host writes at scratch offset 0.
@@ -57,10 +61,10 @@ pub fn encode_tables(routes: &[Route], tensors: &[TensorLoc]) -> Vec<u8> {
     }
     for t in tensors {
         out.extend_from_slice(&t.shard.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&t.ggml_type.to_le_bytes());
         out.extend_from_slice(&t.offset.to_le_bytes());
         out.extend_from_slice(&t.bytes.to_le_bytes());
-        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&t.row_len.to_le_bytes());
     }
     out
 }

@@ -7,6 +7,9 @@
 //! emitted once per shard memory and reached through a `br_table` dispatcher.
 
 pub mod abi;
+mod kernels;
+
+pub use kernels::DEQUANTIZE_TYPES;
 
 use std::fmt::Write;
 
@@ -246,6 +249,7 @@ pub fn guest_wat(shards: u32) -> String {
         wat += &xxh64_function(k);
         wat += &stream_function(k);
     }
+    wat += &kernels::dequantize_functions(shards);
     wat += "\n)\n";
     wat
 }

@@ -155,6 +155,8 @@ fn a_range_past_the_memory_or_an_unknown_shard_or_tensor_traps() {
             shard: 0,
             offset: 0,
             bytes: 10,
+            ggml_type: 24,
+            row_len: 10,
         }],
     );
     let mut guest = Guest::new(2, 1, &tables);
@@ -173,6 +175,8 @@ fn tensor_exports_read_the_table_entry() {
         shard: 2,
         offset: 12345,
         bytes: 5000,
+        ggml_type: 24,
+        row_len: 5000,
     };
     let mut guest = Guest::new(3, 1, &abi::encode_tables(&[], &[loc, loc]));
     let expected = xxh64(&guest.bytes(2, 12345, 5000), 0);

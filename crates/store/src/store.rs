@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use shard_planner::{Plan, Router, WASM_PAGE};
+use shardload_gguf::GgmlType;
 use shardload_guest::abi;
 use wasmtime::{Config, Engine, Linker, Memory, MemoryType, Module, Store, TypedFunc};
 use xxhash_rust::xxh64::Xxh64;
@@ -79,6 +80,8 @@ impl WeightStore {
                 shard: t.shard,
                 offset: t.offset,
                 bytes: t.span.bytes,
+                ggml_type: GgmlType::from_name(&t.span.ty).map_or(u32::MAX, GgmlType::id),
+                row_len: t.span.dims.first().copied().unwrap_or(0),
             })
             .collect();
         let tables = abi::encode_tables(Router::new(&plan).routes(), &tensors);
@@ -155,6 +158,20 @@ impl WeightStore {
             .instantiate(&mut store, &self.guest)
             .map_err(wasm_error)?;
         let guest = GuestInstance {
+            dequantize: instance
+                .get_typed_func(&mut store, "dequantize")
+                .map_err(wasm_error)?,
+            scratch,
+            scratch_free: abi::scratch_free_offset(
+                Router::new(&self.plan).routes().len(),
+                self.plan.tensors.len(),
+            ),
+            types: self
+                .plan
+                .tensors
+                .iter()
+                .map(|t| (t.span.ty.clone(), t.span.dims.clone()))
+                .collect(),
             xxh64_tensor: instance
                 .get_typed_func(&mut store, "xxh64_tensor")
                 .map_err(wasm_error)?,
@@ -214,6 +231,12 @@ fn wasm_error(error: wasmtime::Error) -> anyhow::Error {
 /// One guest instance over its own shard memories.
 pub struct GuestInstance {
     store: Store<()>,
+    scratch: Memory,
+    /// Where kernels may write in scratch: past the routing tables.
+    scratch_free: usize,
+    /// Each tensor's type name and dims.
+    types: Vec<(String, Vec<u64>)>,
+    dequantize: TypedFunc<(i32, i64, i64, i32), ()>,
     shards: Vec<Memory>,
     names: Vec<String>,
     xxh64_tensor: TypedFunc<i32, i64>,
@@ -234,6 +257,48 @@ impl GuestInstance {
         let func = self.stream_tensor.clone();
         self.call("stream_tensor", tensor, |store, id| func.call(store, id))
             .map(|h| h as u64)
+    }
+
+    /// Rows `[first_row, first_row + rows)` of a tensor as f32, dequantized by
+    /// the guest from its shard memory into scratch. Types the guest has no
+    /// kernel for are refused by name, never answered with wrong numbers.
+    pub fn dequantize(&mut self, tensor: usize, first_row: u64, rows: u64) -> Result<Vec<f32>> {
+        let name = self
+            .names
+            .get(tensor)
+            .ok_or_else(|| anyhow!("no tensor {tensor}"))?
+            .clone();
+        let (ty, dims) = &self.types[tensor];
+        if !shardload_guest::DEQUANTIZE_TYPES
+            .iter()
+            .any(|(_, t, _, _)| t == ty)
+        {
+            bail!(
+                "unsupported type {ty} in tensor {name}: the guest has no dequantize kernel for it"
+            );
+        }
+        let elements =
+            usize::try_from(rows * dims.first().copied().unwrap_or(0)).context("too many rows")?;
+        let end = self.scratch_free + elements * 4;
+        let have = self.scratch.data_size(&self.store);
+        if end > have {
+            let pages = (end - have).div_ceil(WASM_PAGE as usize) as u64;
+            self.scratch
+                .grow(&mut self.store, pages)
+                .map_err(|e| anyhow!("cannot grow scratch: {e:?}"))?;
+        }
+        let func = self.dequantize.clone();
+        let (out, id) = (
+            self.scratch_free as i32,
+            i32::try_from(tensor).context("tensor index")?,
+        );
+        func.call(&mut self.store, (id, first_row as i64, rows as i64, out))
+            .map_err(|e| anyhow!("guest export dequantize on tensor {name} rows {first_row}..+{rows} failed: {e:?}"))?;
+        let bytes = &self.scratch.data(&self.store)[self.scratch_free..end];
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// The guest's own routing of a logical offset: `None` where no tensor lies.

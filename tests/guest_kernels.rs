@@ -1,0 +1,111 @@
+//! The guest's dequantize kernels read weights in place from shard memories
+//! and agree bit for bit with gguf-py, in every shard of the plan.
+
+use std::collections::BTreeMap;
+
+use shard_planner::PlanOptions;
+use shardload_gguf::GgufFile;
+use shardload_store::{LoadMode, OpenModel, WeightStore};
+use shardload_suite::{GEMMA, SMOLLM2, model, root};
+
+#[test]
+fn guest_dequantize_is_bit_exact_with_gguf_py_in_every_shard() {
+    let path = root().join("tests/vectors/quants.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    let opened = OpenModel::open(&path).unwrap();
+    for shards in [1, 3, 5] {
+        let plan = opened
+            .plan(&PlanOptions {
+                shards: Some(shards),
+                ..PlanOptions::default()
+            })
+            .unwrap();
+        let index: BTreeMap<String, usize> = plan
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.span.name.clone(), i))
+            .collect();
+        let store = WeightStore::new(plan.clone(), LoadMode::Mmap).unwrap();
+        let (mut guest, _) = store.instantiate().unwrap();
+        for &(_, ty, _, _) in shardload_guest::DEQUANTIZE_TYPES {
+            let reference = &file.tensors()[index[&format!("{ty}.f32")]];
+            let start = (file.header.data_offset + reference.offset) as usize;
+            let expected: Vec<u32> = file.bytes()[start..start + reference.bytes as usize]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let tensor = index[ty];
+            let both = guest.dequantize(tensor, 0, 2).unwrap();
+            let second = guest.dequantize(tensor, 1, 1).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&both),
+                expected,
+                "{ty} in shard {} of {shards}",
+                plan.tensors[tensor].shard
+            );
+            assert_eq!(bits(&second), expected[512..], "{ty} second row");
+            assert!(
+                guest.dequantize(tensor, 1, 2).is_err(),
+                "{ty}: rows past the tensor must trap"
+            );
+        }
+    }
+}
+
+#[test]
+fn guest_dequantize_matches_the_native_dequantizer_on_real_tensors_and_refuses_other_types() {
+    for name in [SMOLLM2, GEMMA] {
+        real_tensors(name);
+    }
+}
+
+fn real_tensors(name: &str) {
+    let path = model(name);
+    let opened = OpenModel::open(&path).unwrap();
+    let plan = opened
+        .plan(&PlanOptions {
+            shards: Some(4),
+            ..PlanOptions::default()
+        })
+        .unwrap();
+    let store = WeightStore::new(plan.clone(), LoadMode::Mmap).unwrap();
+    let (mut guest, _) = store.instantiate().unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    for (i, t) in file.tensors().iter().enumerate() {
+        let supported = shardload_guest::DEQUANTIZE_TYPES
+            .iter()
+            .any(|(_, ty, _, _)| *ty == t.ty.name());
+        let rows = 3.min(t.dims[1..].iter().product::<u64>());
+        if !supported {
+            let error = guest.dequantize(i, 0, rows).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!(
+                    "unsupported type {} in tensor {}",
+                    t.ty.name(),
+                    t.name
+                )),
+                "{error}"
+            );
+            continue;
+        }
+        let row_bytes = (t.bytes / t.dims[1..].iter().product::<u64>()) as usize;
+        let start = (file.header.data_offset + t.offset) as usize;
+        let mut native = vec![0f32; (rows * t.dims[0]) as usize];
+        shardload_quant::dequantize(
+            t.ty,
+            &file.bytes()[start..start + rows as usize * row_bytes],
+            &mut native,
+        )
+        .unwrap();
+        let ours = guest.dequantize(i, 0, rows).unwrap();
+        assert!(
+            ours.iter()
+                .zip(&native)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "tensor {}",
+            t.name
+        );
+    }
+}
