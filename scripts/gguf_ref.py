@@ -7,7 +7,7 @@ shardload's own numbers are checked against these, never against themselves.
   gguf_ref.py quant-sizes                   gguf-py's GGML_QUANT_SIZES as JSON
   gguf_ref.py split SRC.gguf OUT.gguf N     a llama.cpp-style split set of SRC, N tensors per file
   gguf_ref.py xxh64 MODEL.gguf              XXH64 (seed 0, python-xxhash) of every tensor's bytes
-  gguf_ref.py dequantize MODEL.gguf ROWS NAME...  gguf-py's f32 of each tensor's first ROWS rows (hex)
+  gguf_ref.py dequantize MODEL.gguf NAME:FIRST:ROWS...  gguf-py's f32 of those rows of each tensor (hex)
   gguf_ref.py quant-vectors OUT.gguf        random blocks of every kernel type + gguf-py's f32 of them
 """
 import json
@@ -70,15 +70,18 @@ def xxh64(path):
     return {t.name: xxhash.xxh64_hexdigest(t.data.tobytes(), seed=0) for t in reader.tensors}
 
 
-def dequantize(path, rows, names):
+def dequantize(path, specs):
     import numpy as np
     from gguf.quants import dequantize as reference
 
-    reader = gguf.GGUFReader(path)
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
     result = {}
-    for tensor in (t for t in reader.tensors if t.name in names):
-        data = np.ascontiguousarray(tensor.data.reshape(-1, tensor.data.shape[-1])[:rows])
-        result[tensor.name] = reference(data, tensor.tensor_type).astype(np.float32).tobytes().hex()
+    for spec in specs:
+        name, first, rows = spec.rsplit(":", 2)
+        tensor = tensors[name]
+        first, rows = int(first), int(rows)
+        data = np.ascontiguousarray(tensor.data.reshape(-1, tensor.data.shape[-1])[first:first + rows])
+        result[spec] = reference(data, tensor.tensor_type).astype(np.float32).tobytes().hex()
     return result
 
 
@@ -133,8 +136,8 @@ def main(argv):
         result = split(args[0], args[1], int(args[2]))
     elif command == "xxh64" and len(args) == 1:
         result = xxh64(args[0])
-    elif command == "dequantize" and len(args) >= 3:
-        result = dequantize(args[0], int(args[1]), set(args[2:]))
+    elif command == "dequantize" and len(args) >= 2:
+        result = dequantize(args[0], args[1:])
     elif command == "quant-vectors" and len(args) == 1:
         result = quant_vectors(args[0])
     else:

@@ -380,7 +380,7 @@ pub fn dequantize_functions(shards: u32) -> String {
         wat,
         r#"
   ;; Rows [first, first + rows) of tensor $t as f32 at scratch offset $out.
-  (func (export "dequantize") (param $t i32) (param $first i64) (param $rows i64) (param $out i32)
+  (func $dequantize (export "dequantize") (param $t i32) (param $first i64) (param $rows i64) (param $out i32)
     (local $e i32) (local $row_len i64) (local $row_bytes i64) (local $block i64) (local $size i64) (local $shard i32)
     (local.set $e (call $tensor_entry (local.get $t)))
     (local.set $row_len (i64.load $m0 offset=24 (local.get $e)))
@@ -414,6 +414,7 @@ pub fn dequantize_functions(shards: u32) -> String {
         );
     }
     wat += "    unreachable)\n";
+    wat += MATVEC;
     wat += r#"
   ;; Traps unless rows [first, first + rows) lie inside the tensor.
   (func $check_rows (param $e i32) (param $first i64) (param $rows i64) (param $row_bytes i64)
@@ -449,3 +450,50 @@ pub fn dequantize_functions(shards: u32) -> String {
     }
     wat
 }
+
+/// `matvec(tensor, first_row, rows, x, y, tmp)`: y[r] = W[first_row + r] . x
+/// with x, y and a one-row buffer `tmp` in scratch. Each row is dequantized
+/// exactly into `tmp`, then dotted with x by four f32x4 accumulators, so
+/// |y - exact| <= n 2^-24 sum |w x| for rows of n elements.
+const MATVEC: &str = r#"
+  (func (export "matvec") (param $t i32) (param $first i64) (param $rows i64) (param $x i32) (param $y i32) (param $tmp i32)
+    (local $r i64) (local $n i32)
+    (local.set $n (i32.wrap_i64 (i64.load $m0 offset=24 (call $tensor_entry (local.get $t)))))
+    (block $done
+      (loop $each_row
+        (br_if $done (i64.ge_u (local.get $r) (local.get $rows)))
+        (call $dequantize (local.get $t) (i64.add (local.get $first) (local.get $r)) (i64.const 1) (local.get $tmp))
+        (f32.store $m0 (i32.add (local.get $y) (i32.shl (i32.wrap_i64 (local.get $r)) (i32.const 2)))
+          (call $dot (local.get $tmp) (local.get $x) (local.get $n)))
+        (local.set $r (i64.add (local.get $r) (i64.const 1)))
+        (br $each_row))))
+
+  ;; The dot product of n f32s at $a and $b in scratch: four f32x4
+  ;; accumulators over 16-element steps, then the scalar tail.
+  (func $dot (param $a i32) (param $b i32) (param $n i32) (result f32)
+    (local $i i32) (local $s0 v128) (local $s1 v128) (local $s2 v128) (local $s3 v128) (local $tail f32)
+    (block $no_more_sixteens
+      (loop $sixteens
+        (br_if $no_more_sixteens (i32.gt_u (i32.add (local.get $i) (i32.const 16)) (local.get $n)))
+        (local.set $s0 (f32x4.add (local.get $s0) (f32x4.mul (v128.load $m0 (local.get $a)) (v128.load $m0 (local.get $b)))))
+        (local.set $s1 (f32x4.add (local.get $s1) (f32x4.mul (v128.load $m0 offset=16 (local.get $a)) (v128.load $m0 offset=16 (local.get $b)))))
+        (local.set $s2 (f32x4.add (local.get $s2) (f32x4.mul (v128.load $m0 offset=32 (local.get $a)) (v128.load $m0 offset=32 (local.get $b)))))
+        (local.set $s3 (f32x4.add (local.get $s3) (f32x4.mul (v128.load $m0 offset=48 (local.get $a)) (v128.load $m0 offset=48 (local.get $b)))))
+        (local.set $a (i32.add (local.get $a) (i32.const 64)))
+        (local.set $b (i32.add (local.get $b) (i32.const 64)))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $sixteens)))
+    (block $no_more
+      (loop $ones
+        (br_if $no_more (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $tail (f32.add (local.get $tail) (f32.mul (f32.load $m0 (local.get $a)) (f32.load $m0 (local.get $b)))))
+        (local.set $a (i32.add (local.get $a) (i32.const 4)))
+        (local.set $b (i32.add (local.get $b) (i32.const 4)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $ones)))
+    (local.set $s0 (f32x4.add (f32x4.add (local.get $s0) (local.get $s1)) (f32x4.add (local.get $s2) (local.get $s3))))
+    (f32.add
+      (f32.add (f32.add (f32x4.extract_lane 0 (local.get $s0)) (f32x4.extract_lane 1 (local.get $s0)))
+               (f32.add (f32x4.extract_lane 2 (local.get $s0)) (f32x4.extract_lane 3 (local.get $s0))))
+      (local.get $tail)))
+"#;

@@ -48,15 +48,12 @@ fn real_tensors_are_bit_exact(name: &str) {
         first_of_type.entry(t.ty.name()).or_insert(t);
     }
     let rows_of = |t: &TensorInfo| 4.min(t.dims[1..].iter().product::<u64>()) as usize;
-    let mut args = vec![
-        "dequantize".to_string(),
-        path.to_str().unwrap().to_string(),
-        "4".to_string(),
-    ];
-    args.extend(first_of_type.values().map(|t| t.name.clone()));
+    let spec = |t: &TensorInfo| format!("{}:0:{}", t.name, rows_of(t));
+    let mut args = vec!["dequantize".to_string(), path.to_str().unwrap().to_string()];
+    args.extend(first_of_type.values().map(|t| spec(t)));
     let reference = gguf_ref(&args.iter().map(String::as_str).collect::<Vec<_>>());
     for (ty, t) in first_of_type {
-        let hex = reference[&t.name].as_str().unwrap();
+        let hex = reference[&spec(t)].as_str().unwrap();
         let expected: Vec<u8> = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())

@@ -161,6 +161,9 @@ impl WeightStore {
             dequantize: instance
                 .get_typed_func(&mut store, "dequantize")
                 .map_err(wasm_error)?,
+            matvec: instance
+                .get_typed_func(&mut store, "matvec")
+                .map_err(wasm_error)?,
             scratch,
             scratch_free: abi::scratch_free_offset(
                 Router::new(&self.plan).routes().len(),
@@ -237,6 +240,7 @@ pub struct GuestInstance {
     /// Each tensor's type name and dims.
     types: Vec<(String, Vec<u64>)>,
     dequantize: TypedFunc<(i32, i64, i64, i32), ()>,
+    matvec: TypedFunc<(i32, i64, i64, i32, i32, i32), ()>,
     shards: Vec<Memory>,
     names: Vec<String>,
     xxh64_tensor: TypedFunc<i32, i64>,
@@ -263,23 +267,76 @@ impl GuestInstance {
     /// the guest from its shard memory into scratch. Types the guest has no
     /// kernel for are refused by name, never answered with wrong numbers.
     pub fn dequantize(&mut self, tensor: usize, first_row: u64, rows: u64) -> Result<Vec<f32>> {
+        let (name, row_len) = self.kernel_tensor(tensor)?;
+        let elements = usize::try_from(rows * row_len).context("too many rows")?;
+        let out = self.scratch_free;
+        self.ensure_scratch(out + elements * 4)?;
+        let func = self.dequantize.clone();
+        func.call(
+            &mut self.store,
+            (tensor as i32, first_row as i64, rows as i64, out as i32),
+        )
+        .map_err(|e| {
+            anyhow!(
+                "guest export dequantize on tensor {name} rows {first_row}..+{rows} failed: {e:?}"
+            )
+        })?;
+        Ok(self.read_f32s(out, elements))
+    }
+
+    /// `y = W[first_row..first_row + rows] . x`, computed by the guest from
+    /// the weights in place (`x` has one element per column of W).
+    pub fn matvec(
+        &mut self,
+        tensor: usize,
+        first_row: u64,
+        rows: u64,
+        x: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (name, row_len) = self.kernel_tensor(tensor)?;
+        if x.len() as u64 != row_len {
+            bail!(
+                "tensor {name} has rows of {row_len} elements, x has {}",
+                x.len()
+            );
+        }
+        let (x_at, tmp_at) = (self.scratch_free, self.scratch_free + x.len() * 4);
+        let y_at = tmp_at + x.len() * 4;
+        self.ensure_scratch(y_at + rows as usize * 4)?;
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.scratch.data_mut(&mut self.store)[x_at..tmp_at].copy_from_slice(&bytes);
+        let func = self.matvec.clone();
+        let args = (
+            tensor as i32,
+            first_row as i64,
+            rows as i64,
+            x_at as i32,
+            y_at as i32,
+            tmp_at as i32,
+        );
+        func.call(&mut self.store, args).map_err(|e| {
+            anyhow!("guest export matvec on tensor {name} rows {first_row}..+{rows} failed: {e:?}")
+        })?;
+        Ok(self.read_f32s(y_at, rows as usize))
+    }
+
+    /// A tensor's name and row length, if the guest has kernels for its type.
+    fn kernel_tensor(&self, tensor: usize) -> Result<(String, u64)> {
         let name = self
             .names
             .get(tensor)
-            .ok_or_else(|| anyhow!("no tensor {tensor}"))?
-            .clone();
+            .ok_or_else(|| anyhow!("no tensor {tensor}"))?;
         let (ty, dims) = &self.types[tensor];
         if !shardload_guest::DEQUANTIZE_TYPES
             .iter()
             .any(|(_, t, _, _)| t == ty)
         {
-            bail!(
-                "unsupported type {ty} in tensor {name}: the guest has no dequantize kernel for it"
-            );
+            bail!("unsupported type {ty} in tensor {name}: the guest has no kernel for it");
         }
-        let elements =
-            usize::try_from(rows * dims.first().copied().unwrap_or(0)).context("too many rows")?;
-        let end = self.scratch_free + elements * 4;
+        Ok((name.clone(), dims.first().copied().unwrap_or(0)))
+    }
+
+    fn ensure_scratch(&mut self, end: usize) -> Result<()> {
         let have = self.scratch.data_size(&self.store);
         if end > have {
             let pages = (end - have).div_ceil(WASM_PAGE as usize) as u64;
@@ -287,18 +344,15 @@ impl GuestInstance {
                 .grow(&mut self.store, pages)
                 .map_err(|e| anyhow!("cannot grow scratch: {e:?}"))?;
         }
-        let func = self.dequantize.clone();
-        let (out, id) = (
-            self.scratch_free as i32,
-            i32::try_from(tensor).context("tensor index")?,
-        );
-        func.call(&mut self.store, (id, first_row as i64, rows as i64, out))
-            .map_err(|e| anyhow!("guest export dequantize on tensor {name} rows {first_row}..+{rows} failed: {e:?}"))?;
-        let bytes = &self.scratch.data(&self.store)[self.scratch_free..end];
-        Ok(bytes
+        Ok(())
+    }
+
+    fn read_f32s(&self, at: usize, count: usize) -> Vec<f32> {
+        let bytes = &self.scratch.data(&self.store)[at..at + count * 4];
+        bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+            .collect()
     }
 
     /// The guest's own routing of a logical offset: `None` where no tensor lies.
