@@ -192,6 +192,8 @@ pub struct ModelReport {
     pub ready: ReadyTimes,
     /// Guest and native read rates.
     pub rates: ReadRates,
+    /// Guest and native decode-step matvec rates per type.
+    pub decode: Vec<MatvecRate>,
 }
 
 /// Plans `path` into `shards` shards and measures it.
@@ -202,13 +204,16 @@ pub fn measure(path: &std::path::Path, shards: u32) -> Result<ModelReport> {
         ..Default::default()
     })?;
     let ready = time_to_ready(&plan)?;
-    let rates = read_rates(&WeightStore::new(plan.clone(), LoadMode::Mmap)?)?;
+    let store = WeightStore::new(plan.clone(), LoadMode::Mmap)?;
+    let rates = read_rates(&store)?;
+    let decode = decode_step(&model, &store)?;
     Ok(ModelReport {
         model: model.name(),
         bytes: plan.model.bytes,
         shards: plan.shards.len(),
         ready,
         rates,
+        decode,
     })
 }
 
@@ -244,12 +249,177 @@ impl std::fmt::Display for ModelReport {
             r.native_xxh64,
             100.0 * r.guest_xxh64 / r.native_xxh64
         )?;
-        write!(
+        writeln!(
             f,
             "  stream read     guest {:6.2} GB/s   native {:6.2} GB/s   guest/native {:5.1}%",
             r.guest_stream,
             r.native_stream,
             100.0 * r.guest_stream / r.native_stream
-        )
+        )?;
+        write!(f, "{}", format_decode_step(&self.decode).trim_end())
     }
+}
+
+/// Decode-step throughput for one ggml type (or all), in GB/s of weight bytes.
+#[derive(Clone, Debug)]
+pub struct MatvecRate {
+    /// gguf-py's type name, or `all`.
+    pub ty: String,
+    /// Weight bytes swept.
+    pub bytes: u64,
+    /// Guest matvec with 1 and 2 threads (one instance per thread).
+    pub guest: [f64; 2],
+    /// The native matvec (same algorithm) with 1 and 2 threads.
+    pub native: [f64; 2],
+}
+
+/// One decode step's matvecs, per type: every row of every 2-D weight of the
+/// types the guest has kernels for, split by rows across `threads` guest
+/// instances (sharing the mapped shards), against the native matvec over the
+/// same bytes of the model file's mapping (the same page-cache pages).
+pub fn decode_step(model: &crate::OpenModel, store: &WeightStore) -> Result<Vec<MatvecRate>> {
+    let plan = store.plan();
+    let weights: Vec<usize> = (0..plan.tensors.len())
+        .filter(|&t| plan.tensors[t].span.dims.len() == 2)
+        .filter(|&t| {
+            shardload_guest::DEQUANTIZE_TYPES
+                .iter()
+                .any(|(_, ty, _, _)| *ty == plan.tensors[t].span.ty)
+        })
+        .collect();
+    let mut types: Vec<String> = weights
+        .iter()
+        .map(|&t| plan.tensors[t].span.ty.clone())
+        .collect();
+    types.sort();
+    types.dedup();
+    let mut guests = [store.instantiate()?.0, store.instantiate()?.0];
+    let mut rates = Vec::new();
+    let mut total = MatvecRate {
+        ty: "all".into(),
+        bytes: 0,
+        guest: [0.0; 2],
+        native: [0.0; 2],
+    };
+    let mut total_time = [[0f64; 2]; 2];
+    for ty in types {
+        let tensors: Vec<usize> = weights
+            .iter()
+            .copied()
+            .filter(|&t| plan.tensors[t].span.ty == ty)
+            .collect();
+        let bytes: u64 = tensors.iter().map(|&t| plan.tensors[t].span.bytes).sum();
+        let mut rate = MatvecRate {
+            ty,
+            bytes,
+            guest: [0.0; 2],
+            native: [0.0; 2],
+        };
+        for threads in [1, 2] {
+            let (guest, _) = best_of(|| sweep_guest(&mut guests[..threads], plan, &tensors))?;
+            let (native, _) = best_of(|| sweep_native(model, plan, &tensors, threads))?;
+            rate.guest[threads - 1] = bytes as f64 / guest.as_secs_f64() / 1e9;
+            rate.native[threads - 1] = bytes as f64 / native.as_secs_f64() / 1e9;
+            total_time[0][threads - 1] += guest.as_secs_f64();
+            total_time[1][threads - 1] += native.as_secs_f64();
+        }
+        total.bytes += bytes;
+        rates.push(rate);
+    }
+    let [guest_time, native_time] = total_time;
+    total.guest = guest_time.map(|t| total.bytes as f64 / t / 1e9);
+    total.native = native_time.map(|t| total.bytes as f64 / t / 1e9);
+    rates.push(total);
+    Ok(rates)
+}
+
+/// The input vector a decode step multiplies by (any values do; these are fixed).
+fn input(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// Rows `[lo, hi)` of thread `k` of `threads` over `rows` rows.
+fn share(rows: u64, k: usize, threads: usize) -> (u64, u64) {
+    (
+        rows * k as u64 / threads as u64,
+        rows * (k as u64 + 1) / threads as u64,
+    )
+}
+
+fn sweep_guest(guests: &mut [crate::GuestInstance], plan: &Plan, tensors: &[usize]) -> Result<()> {
+    let threads = guests.len();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = guests
+            .iter_mut()
+            .enumerate()
+            .map(|(k, guest)| {
+                scope.spawn(move || -> Result<()> {
+                    for &t in tensors {
+                        let dims = &plan.tensors[t].span.dims;
+                        let (lo, hi) = share(dims[1], k, threads);
+                        guest.matvec(t, lo, hi - lo, &input(dims[0] as usize))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("worker panicked"))
+    })
+}
+
+fn sweep_native(
+    model: &crate::OpenModel,
+    plan: &Plan,
+    tensors: &[usize],
+    threads: usize,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                scope.spawn(move || -> Result<()> {
+                    for &t in tensors {
+                        let span = &plan.tensors[t].span;
+                        let ty =
+                            shardload_gguf::GgmlType::from_name(&span.ty).expect("a known type");
+                        let row_bytes = (span.bytes / span.dims[1]) as usize;
+                        let (lo, hi) = share(span.dims[1], k, threads);
+                        let start = span.file_offset as usize + lo as usize * row_bytes;
+                        let rows = &model.gguf.files[span.file].bytes()
+                            [start..start + (hi - lo) as usize * row_bytes];
+                        let mut y = vec![0f32; (hi - lo) as usize];
+                        shardload_quant::matvec(ty, rows, &input(span.dims[0] as usize), &mut y)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("worker panicked"))
+    })
+}
+
+/// Prints decode-step rates as a table.
+pub fn format_decode_step(rates: &[MatvecRate]) -> String {
+    let mut out = String::from(
+        "  decode step     type      weights   guest 1T  native 1T  ratio   guest 2T  native 2T  ratio\n",
+    );
+    for r in rates {
+        out += &format!(
+            "                  {:<8} {:>7.1} MB {:>6.2} GB/s {:>6.2} GB/s {:>5.0}% {:>6.2} GB/s {:>6.2} GB/s {:>5.0}%\n",
+            r.ty,
+            r.bytes as f64 / 1e6,
+            r.guest[0],
+            r.native[0],
+            100.0 * r.guest[0] / r.native[0],
+            r.guest[1],
+            r.native[1],
+            100.0 * r.guest[1] / r.native[1],
+        );
+    }
+    out
 }
