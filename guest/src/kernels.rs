@@ -357,8 +357,13 @@ fn kernel(name: &str, block: u64, size: u64, shard: u32) -> String {
 }
 
 /// The `dequantize(tensor, first_row, rows, out)` export, its dispatchers and
-/// every (type, shard) kernel, plus the exact f16 -> f32 conversion.
-pub fn dequantize_functions(shards: u32) -> String {
+/// a kernel per shard for each of `types` (gguf-py names) the guest supports,
+/// plus the exact f16 -> f32 conversion. Other types trap.
+pub fn dequantize_functions(shards: u32, types: &[&str]) -> String {
+    let emitted: Vec<_> = DEQUANTIZE_TYPES
+        .iter()
+        .filter(|t| types.contains(&t.1))
+        .collect();
     let mut wat = String::from(
         r#"
   ;; f16 bits -> f32, exactly: shift the magnitude into f32 position and
@@ -375,7 +380,7 @@ pub fn dequantize_functions(shards: u32) -> String {
 "#,
     );
     // The export: find the tensor, check the rows lie inside it, dispatch on type.
-    let max_id = DEQUANTIZE_TYPES.iter().map(|t| t.0).max().unwrap_or(0);
+    let max_id = emitted.iter().map(|t| t.0).max().unwrap_or(0);
     let _ = write!(
         wat,
         r#"
@@ -388,11 +393,11 @@ pub fn dequantize_functions(shards: u32) -> String {
     (block $unsupported
 "#
     );
-    for (_, name, _, _) in DEQUANTIZE_TYPES.iter().rev() {
+    for (_, name, _, _) in emitted.iter().rev() {
         let _ = writeln!(wat, "    (block $t_{name}");
     }
     let labels: String = (0..=max_id)
-        .map(|id| match DEQUANTIZE_TYPES.iter().find(|t| t.0 == id) {
+        .map(|id| match emitted.iter().find(|t| t.0 == id) {
             Some((_, name, _, _)) => format!("$t_{name} "),
             None => "$unsupported ".to_string(),
         })
@@ -401,7 +406,7 @@ pub fn dequantize_functions(shards: u32) -> String {
         wat,
         "      (br_table {labels}$unsupported (i32.load $m0 offset=4 (local.get $e))))"
     );
-    for (_, name, block, size) in DEQUANTIZE_TYPES {
+    for (_, name, block, size) in &emitted {
         let _ = writeln!(
             wat,
             "      (local.set $block (i64.const {block})) (local.set $size (i64.const {size}))
@@ -424,7 +429,7 @@ pub fn dequantize_functions(shards: u32) -> String {
     (if (i64.gt_u (local.get $end) (i64.div_u (i64.load $m0 offset=16 (local.get $e)) (local.get $row_bytes)))
       (then unreachable)))
 "#;
-    for (_, name, block, size) in DEQUANTIZE_TYPES {
+    for (_, name, block, size) in &emitted {
         let _ = write!(
             wat,
             "\n  (func $dq_{name} (param $shard i32) (param $src i64) (param $n i64) (param $out i32)\n    (block $unknown_shard\n"

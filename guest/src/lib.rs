@@ -11,6 +11,11 @@ mod kernels;
 
 pub use kernels::DEQUANTIZE_TYPES;
 
+/// Every type the guest has kernels for (what `shardload guest` emits).
+pub fn all_kernel_types() -> Vec<&'static str> {
+    DEQUANTIZE_TYPES.iter().map(|t| t.1).collect()
+}
+
 use std::fmt::Write;
 
 const P1: u64 = 0x9E37_79B1_85EB_CA87;
@@ -223,8 +228,10 @@ fn table_functions() -> String {
     )
 }
 
-/// The guest's WAT text for `shards` shard memories.
-pub fn guest_wat(shards: u32) -> String {
+/// The guest's WAT text for `shards` shard memories, with compute kernels
+/// for the ggml `types` (gguf-py names) the plan holds: kernels are emitted
+/// per shard, so emitting only the types in use keeps compiling fast.
+pub fn guest_wat(shards: u32, types: &[&str]) -> String {
     let mut wat = String::from("(module\n");
     let _ = writeln!(
         wat,
@@ -249,15 +256,15 @@ pub fn guest_wat(shards: u32) -> String {
         wat += &xxh64_function(k);
         wat += &stream_function(k);
     }
-    wat += &kernels::dequantize_functions(shards);
+    wat += &kernels::dequantize_functions(shards, types);
     wat += "\n)\n";
     wat
 }
 
-/// The guest module for `shards` shard memories, assembled.
-pub fn guest_wasm(shards: u32) -> Result<Vec<u8>, String> {
+/// The guest module for `shards` shard memories and kernel `types`, assembled.
+pub fn guest_wasm(shards: u32, types: &[&str]) -> Result<Vec<u8>, String> {
     if shards == 0 {
         return Err("a guest needs at least one shard memory".into());
     }
-    wat::parse_str(guest_wat(shards)).map_err(|e| e.to_string())
+    wat::parse_str(guest_wat(shards, types)).map_err(|e| e.to_string())
 }

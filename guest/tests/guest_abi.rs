@@ -23,7 +23,11 @@ impl Guest {
             .wasm_multi_memory(true)
             .wasm_simd(true);
         let engine = Engine::new(&config).unwrap();
-        let module = Module::new(&engine, guest_wasm(shards).unwrap()).unwrap();
+        let module = Module::new(
+            &engine,
+            guest_wasm(shards, &shardload_guest::all_kernel_types()).unwrap(),
+        )
+        .unwrap();
         let mut store = Store::new(&engine, ());
         let mut linker = Linker::new(&engine);
         let scratch_pages = (tables.len().div_ceil(PAGE) as u32).max(1);
@@ -108,7 +112,7 @@ fn features(multi_memory: bool) -> wasmparser::WasmFeatures {
 #[test]
 fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memory() {
     for shards in [1, 2, 4, 16, 64] {
-        let wasm = guest_wasm(shards).unwrap();
+        let wasm = guest_wasm(shards, &shardload_guest::all_kernel_types()).unwrap();
         wasmparser::Validator::new_with_features(features(true))
             .validate_all(&wasm)
             .unwrap();

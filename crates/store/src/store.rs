@@ -59,7 +59,10 @@ impl WeightStore {
         let engine =
             Engine::new(&config).map_err(|e| anyhow!("cannot configure wasmtime: {e:?}"))?;
         let shards = u32::try_from(plan.shards.len()).context("too many shards")?;
-        let wasm = shardload_guest::guest_wasm(shards)
+        let mut types: Vec<&str> = plan.tensors.iter().map(|t| t.span.ty.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        let wasm = shardload_guest::guest_wasm(shards, &types)
             .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
         let guest =
             Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the guest: {e:?}"))?;
