@@ -49,12 +49,13 @@ pub struct ReadyTimes {
 /// Measures [`ReadyTimes`] for a plan.
 pub fn time_to_ready(plan: &Plan) -> Result<ReadyTimes> {
     let ready = |mode| {
+        // The store and guest are returned, so they are torn down after the clock stops.
         best_of(|| {
             let store = WeightStore::new(plan.clone(), mode)?;
-            let (_guest, timings) = store.instantiate()?;
-            Ok(timings.load())
+            let (guest, timings) = store.instantiate()?;
+            Ok((timings.load(), guest, store))
         })
-        .map(|(ready, load)| Ready { ready, load })
+        .map(|(ready, (load, _, _))| Ready { ready, load })
     };
     Ok(ReadyTimes {
         mmap: ready(LoadMode::Mmap)?,
