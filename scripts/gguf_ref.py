@@ -9,6 +9,8 @@ shardload's own numbers are checked against these, never against themselves.
   gguf_ref.py xxh64 MODEL.gguf              XXH64 (seed 0, python-xxhash) of every tensor's bytes
   gguf_ref.py dequantize MODEL.gguf NAME:FIRST:ROWS...  gguf-py's f32 of those rows of each tensor (hex)
   gguf_ref.py quant-vectors OUT.gguf        random blocks of every kernel type + gguf-py's f32 of them
+  gguf_ref.py q8 X_HEX                      gguf-py's Q8_0 quantization of f32 x: quants and f16 scales
+  gguf_ref.py matvec MODEL.gguf X_HEX NAME:ROW...  f64 references for y = W x of those rows (see matvec())
 """
 import json
 import sys
@@ -85,6 +87,64 @@ def dequantize(path, specs):
     return result
 
 
+def q8(x_hex):
+    import numpy as np
+    from gguf.quants import quantize
+
+    x = np.frombuffer(bytes.fromhex(x_hex), dtype=np.float32).reshape(1, -1)
+    blocks = quantize(x, gguf.GGMLQuantizationType.Q8_0).reshape(-1, 34)
+    return {
+        "q": blocks[:, 2:].view(np.int8).reshape(-1).tolist(),
+        "d": blocks[:, :2].copy().view(np.float16).astype(np.float64).reshape(-1).tolist(),
+    }
+
+
+# Byte offset of the f16 min field (`m` or `dmin`) in one block of the types that have one.
+MIN_FIELDS = {"Q4_1": 2, "Q5_1": 2, "Q2_K": 82, "Q4_K": 2, "Q5_K": 2}
+
+
+def matvec(path, x_hex, specs):
+    """For each row: the f64 products of gguf-py's dequantized row with x (and
+    sum_j |w_j x_j|, which bounds a float dot's rounding) and
+    with x's Q8_0 round trip through gguf-py (what an integer matvec sees),
+    the magnitude sum_j (|s_j| + |m_j|) |x~_j| that bounds its rounding, where
+    the weight w = s + m splits into scaled quant s and block min m (found by
+    dequantizing again with the min field zeroed), and the error that quantizing x
+    may add, sum_j |w_j| 0.5625 d_j with d_j = max|x| / 127 over j's 32-group."""
+    import numpy as np
+    from gguf.quants import dequantize as reference, quantize
+
+    x = np.frombuffer(bytes.fromhex(x_hex), dtype=np.float32)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    x_q8 = reference(quantize(x.reshape(1, -1), q8), q8).reshape(-1).astype(np.float64)
+    step = np.repeat(np.abs(x.reshape(-1, 32)).max(axis=1).astype(np.float64) / 127, 32)
+    x = x.astype(np.float64)
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    result = {}
+    for spec in specs:
+        name, row = spec.rsplit(":", 1)
+        tensor = tensors[name]
+        raw = np.array(tensor.data.reshape(-1, tensor.data.shape[-1])[int(row):int(row) + 1])
+        qtype = tensor.tensor_type
+        w = reference(raw, qtype).astype(np.float32).reshape(-1).astype(np.float64)
+        if qtype.name in MIN_FIELDS:
+            block, size = gguf.GGML_QUANT_SIZES[qtype]
+            blocks = raw.reshape(-1, size).copy()
+            at = MIN_FIELDS[qtype.name]
+            blocks[:, at:at + 2] = 0
+            s = reference(blocks.reshape(1, -1), qtype).astype(np.float32).reshape(-1).astype(np.float64)
+        else:
+            s = w
+        result[spec] = {
+            "dot": float(w @ x),
+            "magnitude": float(np.abs(w) @ np.abs(x)),
+            "dot_q8": float(w @ x_q8),
+            "magnitude_q8": float((np.abs(s) + np.abs(w - s)) @ np.abs(x_q8)),
+            "quantization_bound": float(np.abs(w) @ (0.5625 * step)),
+        }
+    return result
+
+
 # Byte offsets of the f16 scale fields in one block of each type: random bytes
 # there could be NaN or infinity, so they get random finite halves instead.
 SCALE_FIELDS = {
@@ -138,6 +198,10 @@ def main(argv):
         result = xxh64(args[0])
     elif command == "dequantize" and len(args) >= 2:
         result = dequantize(args[0], args[1:])
+    elif command == "q8" and len(args) == 1:
+        result = q8(args[0])
+    elif command == "matvec" and len(args) >= 3:
+        result = matvec(args[0], args[1], args[2:])
     elif command == "quant-vectors" and len(args) == 1:
         result = quant_vectors(args[0])
     else:

@@ -111,3 +111,86 @@ pub fn reference_xxh64(path: &Path) -> std::collections::HashMap<String, String>
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
         .collect()
 }
+
+/// The vector every matvec test and the decode-step bench multiply by:
+/// values in [-1, 1), deterministic, not smooth.
+pub fn test_vector(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// gguf-py's f64 references for one row of `y = W x` (`gguf_ref.py matvec`).
+#[derive(Clone, Copy, Debug)]
+pub struct MatvecReference {
+    /// Σ w·x over gguf-py's dequantized weights.
+    pub dot: f64,
+    /// Σ |w·x|: bounds the rounding of a float dot.
+    pub magnitude: f64,
+    /// Σ w·x̃, x̃ being gguf-py's Q8_0 round trip of x.
+    pub dot_q8: f64,
+    /// Σ (|s| + |m|)·|x̃|, w = s + m split into scaled quant and block min.
+    pub magnitude_q8: f64,
+    /// Σ |w|·0.5625·d: what quantizing x to Q8_0 may add.
+    pub quantization_bound: f64,
+}
+
+/// gguf-py's references for rows `NAME:ROW` of tensors in `path`, times `x`.
+pub fn matvec_references(
+    path: &Path,
+    x: &[f32],
+    rows: &[String],
+) -> std::collections::HashMap<String, MatvecReference> {
+    let hex: String = x
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut args = vec!["matvec", path.to_str().expect("utf-8 path"), &hex];
+    args.extend(rows.iter().map(String::as_str));
+    let answer = gguf_ref(&args);
+    let number = |row: &Value, key: &str| row[key].as_f64().expect("a number");
+    rows.iter()
+        .map(|spec| {
+            let row = &answer[spec.as_str()];
+            let reference = MatvecReference {
+                dot: number(row, "dot"),
+                magnitude: number(row, "magnitude"),
+                dot_q8: number(row, "dot_q8"),
+                magnitude_q8: number(row, "magnitude_q8"),
+                quantization_bound: number(row, "quantization_bound"),
+            };
+            (spec.clone(), reference)
+        })
+        .collect()
+}
+
+/// Checks one element of a matvec of a `ty` row of `n` elements against
+/// gguf-py, with the bounds `shardload_quant::matvec` states: float types
+/// within `n·2⁻²⁴·Σ|w·x|` of Σ w·x; quantized types within
+/// `(2G + 8)·2⁻²⁴·Σ(|s| + |m|)·|x̃|` of Σ w·x̃ (G groups of 32; the 8 covers
+/// gguf-py's own rounding of w), and within that plus the quantization
+/// bound of Σ w·x.
+pub fn check_matvec(ty: &str, n: usize, got: f32, r: &MatvecReference) -> Result<(), String> {
+    let got = f64::from(got);
+    let unit = 2f64.powi(-24);
+    if matches!(ty, "F32" | "F16" | "BF16") {
+        let bound = n as f64 * unit * r.magnitude;
+        if (got - r.dot).abs() > bound {
+            return Err(format!("{got} vs {} (bound {bound})", r.dot));
+        }
+        return Ok(());
+    }
+    let rounding = (2.0 * (n / 32) as f64 + 8.0) * unit * r.magnitude_q8;
+    if (got - r.dot_q8).abs() > rounding {
+        return Err(format!(
+            "{got} vs {} with x quantized (bound {rounding})",
+            r.dot_q8
+        ));
+    }
+    let bound = rounding + r.quantization_bound;
+    if (got - r.dot).abs() > bound {
+        return Err(format!("{got} vs exact {} (bound {bound})", r.dot));
+    }
+    Ok(())
+}

@@ -27,10 +27,10 @@ pub const SUPPORTED: &[GgmlType] = &[
     GgmlType::IQ4_XS,
 ];
 
-/// The 16 non-linear levels of IQ4_NL and IQ4_XS.
-const IQ4_LEVELS: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+mod dot;
+
+pub use dot::{GROUP, INTEGER_TYPES, InputGroup, QuantizedInput, quantize_input, row_dot};
+use dot::IQ4_LEVELS;
 
 /// Why a dequantization was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,7 +173,7 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K / Q5_K block.
-fn scale_min(scales: &[u8], j: usize) -> (u8, u8) {
+pub(crate) fn scale_min(scales: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (scales[j] & 0x3F, scales[4 + j] & 0x3F)
     } else {
@@ -232,20 +232,43 @@ fn iq4_xs(b: &[u8], y: &mut [f32]) {
 }
 
 /// `y[r] = Σ_j W[r][j] · x[j]` for whole rows of `ty` in `rows` (each row
-/// `x.len()` elements): the native matvec the guest's is measured against.
-/// Each row is dequantized exactly, then summed in f32 with four
-/// accumulators, so `|y[r] − exact| ≤ n · 2⁻²⁴ · Σ_j |W[r][j] · x[j]|` for
-/// rows of n elements (the standard bound for recursive f32 summation).
+/// `x.len()` elements): the native matvec the guest's is measured against,
+/// and the same algorithm operation for operation, so the two agree bit for bit.
+///
+/// Quantized types ([`INTEGER_TYPES`]) take the integer path of llama.cpp
+/// (see [`row_dot`]): `x` is quantized to Q8_0 once, each row is dotted with
+/// it exactly in integers, 32 elements at a time, and a few f32 operations
+/// per group scale the sums. Against `x̃`, gguf-py's Q8_0 round trip of `x`,
+/// `|y[r] − Σ_j W[r][j] · x̃_j| ≤ (2G + 3) · 2⁻²⁴ · Σ_j (|s_j| + |m_j|) · |x̃_j|`
+/// for G groups, where `W = s + m` splits each weight into its scaled quant
+/// and its block's min term (`m = 0` for types without mins). Quantizing `x`
+/// adds at most `Σ_j |W[r][j]| · 0.5625 · d_j` against the exact product,
+/// `d_j = max|x|/127` over j's group (half a quant step, plus the f16
+/// rounding of the scale).
+///
+/// Float types (F32, F16, BF16) are dequantized exactly and summed in f32
+/// against `x` itself with four accumulators:
+/// `|y[r] − Σ_j W[r][j] · x_j| ≤ n · 2⁻²⁴ · Σ_j |W[r][j] · x_j|` for rows of n elements.
 pub fn matvec(ty: GgmlType, rows: &[u8], x: &[f32], y: &mut [f32]) -> Result<(), DequantizeError> {
     let row_bytes = (x.len() as u64 / ty.block_size() * ty.type_size()) as usize;
     let whole_rows = row_bytes > 0
         && (x.len() as u64).is_multiple_of(ty.block_size())
         && rows.len() == row_bytes * y.len();
+    if !SUPPORTED.contains(&ty) {
+        return Err(DequantizeError::Unsupported(ty));
+    }
     if !whole_rows {
         return Err(DequantizeError::BadLength {
             bytes: rows.len(),
             out: x.len() * y.len(),
         });
+    }
+    if INTEGER_TYPES.contains(&ty) {
+        let input = quantize_input(x);
+        for (row, y) in rows.chunks_exact(row_bytes).zip(y.iter_mut()) {
+            *y = row_dot(ty, row, &input);
+        }
+        return Ok(());
     }
     let mut w = vec![0f32; x.len()];
     for (row, y) in rows.chunks_exact(row_bytes).zip(y.iter_mut()) {

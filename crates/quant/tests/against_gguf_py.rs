@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use shardload_gguf::{GgmlType, GgufFile, TensorInfo};
 use shardload_quant::{DequantizeError, SUPPORTED, dequantize};
-use shardload_suite::{GEMMA, SMOLLM2, gguf_ref, model, root};
+use shardload_suite::{
+    GEMMA, SMOLLM2, check_matvec, gguf_ref, matvec_references, model, root, test_vector,
+};
 
 fn data<'a>(file: &'a GgufFile, t: &TensorInfo) -> &'a [u8] {
     let start = (file.header.data_offset + t.offset) as usize;
@@ -96,41 +98,60 @@ fn partial_blocks_and_short_outputs_are_refused() {
 }
 
 #[test]
-fn matvec_is_within_the_stated_bound_of_the_f64_product_of_gguf_py_weights() {
-    let file = GgufFile::open(root().join("tests/vectors/quants.gguf")).unwrap();
+fn matvec_is_within_the_stated_bounds_of_gguf_py_for_every_type() {
+    let path = root().join("tests/vectors/quants.gguf");
+    let file = GgufFile::open(&path).unwrap();
     let by_name: BTreeMap<&str, &TensorInfo> = file
         .tensors()
         .iter()
         .map(|t| (t.name.as_str(), t))
         .collect();
-    let x: Vec<f32> = (0..512)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+    let x = test_vector(512);
+    let rows: Vec<String> = SUPPORTED
+        .iter()
+        .flat_map(|ty| [0, 1].map(|r| format!("{}:{r}", ty.name())))
         .collect();
+    let references = matvec_references(&path, &x, &rows);
     for &ty in SUPPORTED {
-        let weights: Vec<f32> = f32s(data(&file, by_name[format!("{}.f32", ty.name()).as_str()]))
-            .into_iter()
-            .map(f32::from_bits)
-            .collect();
         let mut y = [0f32; 2];
         shardload_quant::matvec(ty, data(&file, by_name[ty.name()]), &x, &mut y).unwrap();
         for (r, &got) in y.iter().enumerate() {
-            let row = &weights[r * 512..(r + 1) * 512];
-            let exact: f64 = row
-                .iter()
-                .zip(&x)
-                .map(|(&w, &x)| f64::from(w) * f64::from(x))
-                .sum();
-            let magnitude: f64 = row
-                .iter()
-                .zip(&x)
-                .map(|(&w, &x)| (f64::from(w) * f64::from(x)).abs())
-                .sum();
-            let bound = 512.0 * 2f64.powi(-24) * magnitude;
-            assert!(
-                (f64::from(got) - exact).abs() <= bound,
-                "{} row {r}: {got} vs {exact} (bound {bound})",
-                ty.name()
-            );
+            let reference = &references[&format!("{}:{r}", ty.name())];
+            if let Err(e) = check_matvec(ty.name(), 512, got, reference) {
+                panic!("{} row {r}: {e}", ty.name());
+            }
         }
+    }
+}
+
+#[test]
+fn quantizing_x_matches_gguf_py_q8_0_bit_for_bit() {
+    // Halves, exact ties and zeros exercise roundf's ties-away rule.
+    let mut x = test_vector(256);
+    x[..32].fill(0.0);
+    for (j, v) in x[32..64].iter_mut().enumerate() {
+        *v = j as f32 * 0.5 - 8.0;
+    }
+    let hex: String = x.iter().flat_map(|v| v.to_le_bytes()).map(|b| format!("{b:02x}")).collect();
+    let reference = gguf_ref(&["q8", &hex]);
+    let input = shardload_quant::quantize_input(&x);
+    let expected_q: Vec<i8> = reference["q"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i8)
+        .collect();
+    let expected_d: Vec<u32> = reference["d"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v.as_f64().unwrap() as f32).to_bits())
+        .collect();
+    assert_eq!(input.q, expected_q);
+    assert_eq!(input.groups.iter().map(|g| g.d.to_bits()).collect::<Vec<_>>(), expected_d);
+    for (g, group) in input.groups.iter().enumerate() {
+        let q = &expected_q[g * 32..(g + 1) * 32];
+        let sum = |h: &[i8]| h.iter().map(|&v| i32::from(v)).sum::<i32>();
+        assert_eq!(group.half_sums, [sum(&q[..16]), sum(&q[16..])]);
     }
 }
