@@ -1,12 +1,13 @@
-//! The guest's dequantize kernels read weights in place from shard memories
-//! and agree bit for bit with gguf-py, in every shard of the plan.
+//! The guest's kernels read weights in place from shard memories: dequantize
+//! agrees bit for bit with gguf-py, and matvec bit for bit with the native
+//! integer matvec and within its stated bound of gguf-py, in every shard.
 
 use std::collections::BTreeMap;
 
 use shard_planner::PlanOptions;
 use shardload_gguf::GgufFile;
-use shardload_store::{LoadMode, OpenModel, WeightStore};
-use shardload_suite::{GEMMA, SMOLLM2, model, root};
+use shardload_store::{DotProduct, LoadMode, OpenModel, WeightStore};
+use shardload_suite::{GEMMA, SMOLLM2, check_matvec, matvec_references, model, root, test_vector};
 
 #[test]
 fn guest_dequantize_is_bit_exact_with_gguf_py_in_every_shard() {
@@ -141,37 +142,42 @@ fn types_without_a_kernel_are_refused_by_name_never_wrong_numbers() {
     assert_eq!(guest.dequantize(1, 0, 2).unwrap(), vec![0.0; 512]);
 }
 
-/// Asserts `got` is within n 2^-24 sum |w x| of the f64 product of `w` and `x`.
-fn assert_within_bound(got: f32, w: &[f32], x: &[f32], what: &str) {
-    let exact: f64 = w
-        .iter()
-        .zip(x)
-        .map(|(&w, &x)| f64::from(w) * f64::from(x))
-        .sum();
-    let magnitude: f64 = w
-        .iter()
-        .zip(x)
-        .map(|(&w, &x)| (f64::from(w) * f64::from(x)).abs())
-        .sum();
-    let bound = w.len() as f64 * 2f64.powi(-24) * magnitude;
-    assert!(
-        (f64::from(got) - exact).abs() <= bound,
-        "{what}: {got} vs {exact} (bound {bound})"
-    );
-}
-
-fn test_vector(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+/// Both guests a plan can get: relaxed SIMD and plain SIMD128 dot products.
+fn both_guests(plan: &shard_planner::Plan) -> Vec<(DotProduct, shardload_store::GuestInstance)> {
+    [DotProduct::Relaxed, DotProduct::Plain]
+        .into_iter()
+        .map(|dot| {
+            let store = WeightStore::with_dot_product(plan.clone(), LoadMode::Mmap, Some(dot)).unwrap();
+            assert_eq!(store.dot_product(), dot);
+            (dot, store.instantiate().unwrap().0)
+        })
         .collect()
 }
 
+/// The native matvec of rows `[first, first + rows)` of a plan's tensor, from the file.
+fn native_matvec(file: &GgufFile, name: &str, first: u64, rows: u64, x: &[f32]) -> Vec<f32> {
+    let t = file.tensors().iter().find(|t| t.name == name).unwrap();
+    let row_bytes = t.bytes / t.dims[1..].iter().product::<u64>();
+    let start = (file.header.data_offset + t.offset + first * row_bytes) as usize;
+    let mut y = vec![0f32; rows as usize];
+    shardload_quant::matvec(t.ty, &file.bytes()[start..start + (rows * row_bytes) as usize], x, &mut y)
+        .unwrap();
+    y
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
 #[test]
-fn guest_matvec_is_within_the_stated_bound_for_every_type_in_every_shard() {
+fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf_py_in_every_shard() {
     let path = root().join("tests/vectors/quants.gguf");
     let file = GgufFile::open(&path).unwrap();
     let opened = OpenModel::open(&path).unwrap();
     let x = test_vector(512);
+    let types: Vec<&str> = shardload_guest::DEQUANTIZE_TYPES.iter().map(|t| t.1).collect();
+    let rows: Vec<String> = types.iter().flat_map(|ty| [0, 1].map(|r| format!("{ty}:{r}"))).collect();
+    let references = matvec_references(&path, &x, &rows);
     for shards in [1, 3, 5] {
         let plan = opened
             .plan(&PlanOptions {
@@ -185,44 +191,44 @@ fn guest_matvec_is_within_the_stated_bound_for_every_type_in_every_shard() {
             .enumerate()
             .map(|(i, t)| (t.span.name.clone(), i))
             .collect();
-        let (mut guest, _) = WeightStore::new(plan.clone(), LoadMode::Mmap)
-            .unwrap()
-            .instantiate()
-            .unwrap();
-        for &(_, ty, _, _) in shardload_guest::DEQUANTIZE_TYPES {
-            let reference = &file.tensors()[index[&format!("{ty}.f32")]];
-            let start = (file.header.data_offset + reference.offset) as usize;
-            let w: Vec<f32> = file.bytes()[start..start + reference.bytes as usize]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            let y = guest.matvec(index[ty], 0, 2, &x).unwrap();
-            let shard = plan.tensors[index[ty]].shard;
-            for r in 0..2 {
-                assert_within_bound(
-                    y[r],
-                    &w[r * 512..(r + 1) * 512],
-                    &x,
-                    &format!("{ty} row {r} in shard {shard}"),
-                );
+        for (dot, mut guest) in both_guests(&plan) {
+            for &ty in &types {
+                let tensor = index[ty];
+                let shard = plan.tensors[tensor].shard;
+                let y = guest.matvec(tensor, 0, 2, &x).unwrap();
+                let what = format!("{ty} in shard {shard} of {shards}, {dot:?} dot");
+                if !matches!(ty, "F32" | "F16" | "BF16") {
+                    assert_eq!(bits(&y), bits(&native_matvec(&file, ty, 0, 2, &x)), "{what}");
+                    let second = guest.matvec(tensor, 1, 1, &x).unwrap();
+                    assert_eq!(second[0].to_bits(), y[1].to_bits(), "{what}: row 1 alone");
+                }
+                for (r, &got) in y.iter().enumerate() {
+                    if let Err(e) = check_matvec(ty, 512, got, &references[&format!("{ty}:{r}")]) {
+                        panic!("{what} row {r}: {e}");
+                    }
+                }
+                assert!(guest.matvec(tensor, 1, 2, &x).is_err(), "{what}: rows past the tensor must trap");
             }
         }
     }
 }
 
 #[test]
-fn guest_matvec_on_real_tensors_at_every_shard_edge_is_within_the_bound_of_gguf_py() {
-    let path = model(GEMMA);
-    let opened = OpenModel::open(&path).unwrap();
-    let plan = opened
+fn guest_matvec_on_real_tensors_at_every_shard_edge_is_native_bit_for_bit_and_within_the_bound() {
+    for name in [SMOLLM2, GEMMA] {
+        real_shard_edges(name);
+    }
+}
+
+fn real_shard_edges(name: &str) {
+    let path = model(name);
+    let file = GgufFile::open(&path).unwrap();
+    let plan = OpenModel::open(&path)
+        .unwrap()
         .plan(&PlanOptions {
             shards: Some(4),
             ..PlanOptions::default()
         })
-        .unwrap();
-    let (mut guest, _) = WeightStore::new(plan.clone(), LoadMode::Mmap)
-        .unwrap()
-        .instantiate()
         .unwrap();
     // The first and last 2-D tensor of every shard; their first and last rows.
     let mut edges = Vec::new();
@@ -236,38 +242,31 @@ fn guest_matvec_on_real_tensors_at_every_shard_edge_is_within_the_bound_of_gguf_
         edges.extend([two_d[0], two_d[two_d.len() - 1]]);
     }
     let rows_of = |t: usize| [0, plan.tensors[t].span.dims[1] - 1];
-    let specs: Vec<String> = edges
-        .iter()
-        .flat_map(|&t| rows_of(t).map(|row| format!("{}:{row}:1", plan.tensors[t].span.name)))
-        .collect();
-    let mut args = vec!["dequantize", path.to_str().unwrap()];
-    args.extend(specs.iter().map(String::as_str));
-    let reference = shardload_suite::gguf_ref(&args);
-    for t in edges {
-        let span = &plan.tensors[t].span;
-        let x = test_vector(span.dims[0] as usize);
-        for row in rows_of(t) {
-            let hex = reference[&format!("{}:{row}:1", span.name)]
-                .as_str()
-                .unwrap();
-            let w: Vec<f32> = (0..hex.len())
-                .step_by(8)
-                .map(|i| {
-                    f32::from_le_bytes(std::array::from_fn(|k| {
-                        u8::from_str_radix(&hex[i + 2 * k..i + 2 * k + 2], 16).unwrap()
-                    }))
-                })
-                .collect();
-            let y = guest.matvec(t, row, 1, &x).unwrap();
-            assert_within_bound(
-                y[0],
-                &w,
-                &x,
-                &format!(
-                    "{} ({}) row {row} in shard {}",
-                    span.name, span.ty, plan.tensors[t].shard
-                ),
-            );
+    let spec = |t: usize, row: u64| format!("{}:{row}", plan.tensors[t].span.name);
+    let mut guests = both_guests(&plan);
+    for (n, group) in edges.iter().fold(BTreeMap::<u64, Vec<usize>>::new(), |mut m, &t| {
+        m.entry(plan.tensors[t].span.dims[0]).or_default().push(t);
+        m
+    }) {
+        let x = test_vector(n as usize);
+        let specs: Vec<String> = group.iter().flat_map(|&t| rows_of(t).map(|r| spec(t, r))).collect();
+        let references = matvec_references(&path, &x, &specs);
+        for &t in &group {
+            let span = &plan.tensors[t].span;
+            for row in rows_of(t) {
+                let native = native_matvec(&file, &span.name, row, 1, &x);
+                for (dot, guest) in guests.iter_mut() {
+                    let y = guest.matvec(t, row, 1, &x).unwrap();
+                    let what = format!(
+                        "{name}: {} ({}) row {row} in shard {}, {dot:?} dot",
+                        span.name, span.ty, plan.tensors[t].shard
+                    );
+                    assert_eq!(y[0].to_bits(), native[0].to_bits(), "{what}");
+                    if let Err(e) = check_matvec(&span.ty, n as usize, y[0], &references[&spec(t, row)]) {
+                        panic!("{what}: {e}");
+                    }
+                }
+            }
         }
     }
 }

@@ -25,8 +25,8 @@ pub const DEQUANTIZE_TYPES: &[(u32, &str, u64, u64)] = &[
     (23, "IQ4_XS", 256, 136),
 ];
 
-/// IQ4_NL's and IQ4_XS's 16 levels, as bytes of two i64 constants.
-const IQ4_LEVELS: [i8; 16] = [
+/// IQ4_NL's and IQ4_XS's 16 levels.
+pub(crate) const IQ4_LEVELS: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
@@ -419,7 +419,6 @@ pub fn dequantize_functions(shards: u32, types: &[&str]) -> String {
         );
     }
     wat += "    unreachable)\n";
-    wat += MATVEC;
     wat += r#"
   ;; Traps unless rows [first, first + rows) lie inside the tensor.
   (func $check_rows (param $e i32) (param $first i64) (param $rows i64) (param $row_bytes i64)
@@ -430,25 +429,13 @@ pub fn dequantize_functions(shards: u32, types: &[&str]) -> String {
       (then unreachable)))
 "#;
     for (_, name, block, size) in &emitted {
-        let _ = write!(
-            wat,
-            "\n  (func $dq_{name} (param $shard i32) (param $src i64) (param $n i64) (param $out i32)\n    (block $unknown_shard\n"
+        wat += &crate::shard_dispatch(
+            &format!("$dq_{name}"),
+            &format!("dq_{name}"),
+            &["src i64", "n i64", "out i32"],
+            None,
+            shards,
         );
-        for k in (0..shards).rev() {
-            let _ = writeln!(wat, "    (block $s{k}");
-        }
-        let targets: String = (0..shards).map(|k| format!("$s{k} ")).collect();
-        let _ = writeln!(
-            wat,
-            "      (br_table {targets}$unknown_shard (local.get $shard)))"
-        );
-        for k in 0..shards {
-            let _ = writeln!(
-                wat,
-                "      (return (call $dq_{name}_{k} (local.get $src) (local.get $n) (local.get $out))))"
-            );
-        }
-        wat += "    unreachable)";
         for k in 0..shards {
             wat += &kernel(name, *block, *size, k);
         }
@@ -456,49 +443,3 @@ pub fn dequantize_functions(shards: u32, types: &[&str]) -> String {
     wat
 }
 
-/// `matvec(tensor, first_row, rows, x, y, tmp)`: y[r] = W[first_row + r] . x
-/// with x, y and a one-row buffer `tmp` in scratch. Each row is dequantized
-/// exactly into `tmp`, then dotted with x by four f32x4 accumulators, so
-/// |y - exact| <= n 2^-24 sum |w x| for rows of n elements.
-const MATVEC: &str = r#"
-  (func (export "matvec") (param $t i32) (param $first i64) (param $rows i64) (param $x i32) (param $y i32) (param $tmp i32)
-    (local $r i64) (local $n i32)
-    (local.set $n (i32.wrap_i64 (i64.load $m0 offset=24 (call $tensor_entry (local.get $t)))))
-    (block $done
-      (loop $each_row
-        (br_if $done (i64.ge_u (local.get $r) (local.get $rows)))
-        (call $dequantize (local.get $t) (i64.add (local.get $first) (local.get $r)) (i64.const 1) (local.get $tmp))
-        (f32.store $m0 (i32.add (local.get $y) (i32.shl (i32.wrap_i64 (local.get $r)) (i32.const 2)))
-          (call $dot (local.get $tmp) (local.get $x) (local.get $n)))
-        (local.set $r (i64.add (local.get $r) (i64.const 1)))
-        (br $each_row))))
-
-  ;; The dot product of n f32s at $a and $b in scratch: four f32x4
-  ;; accumulators over 16-element steps, then the scalar tail.
-  (func $dot (param $a i32) (param $b i32) (param $n i32) (result f32)
-    (local $i i32) (local $s0 v128) (local $s1 v128) (local $s2 v128) (local $s3 v128) (local $tail f32)
-    (block $no_more_sixteens
-      (loop $sixteens
-        (br_if $no_more_sixteens (i32.gt_u (i32.add (local.get $i) (i32.const 16)) (local.get $n)))
-        (local.set $s0 (f32x4.add (local.get $s0) (f32x4.mul (v128.load $m0 (local.get $a)) (v128.load $m0 (local.get $b)))))
-        (local.set $s1 (f32x4.add (local.get $s1) (f32x4.mul (v128.load $m0 offset=16 (local.get $a)) (v128.load $m0 offset=16 (local.get $b)))))
-        (local.set $s2 (f32x4.add (local.get $s2) (f32x4.mul (v128.load $m0 offset=32 (local.get $a)) (v128.load $m0 offset=32 (local.get $b)))))
-        (local.set $s3 (f32x4.add (local.get $s3) (f32x4.mul (v128.load $m0 offset=48 (local.get $a)) (v128.load $m0 offset=48 (local.get $b)))))
-        (local.set $a (i32.add (local.get $a) (i32.const 64)))
-        (local.set $b (i32.add (local.get $b) (i32.const 64)))
-        (local.set $i (i32.add (local.get $i) (i32.const 16)))
-        (br $sixteens)))
-    (block $no_more
-      (loop $ones
-        (br_if $no_more (i32.ge_u (local.get $i) (local.get $n)))
-        (local.set $tail (f32.add (local.get $tail) (f32.mul (f32.load $m0 (local.get $a)) (f32.load $m0 (local.get $b)))))
-        (local.set $a (i32.add (local.get $a) (i32.const 4)))
-        (local.set $b (i32.add (local.get $b) (i32.const 4)))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $ones)))
-    (local.set $s0 (f32x4.add (f32x4.add (local.get $s0) (local.get $s1)) (f32x4.add (local.get $s2) (local.get $s3))))
-    (f32.add
-      (f32.add (f32.add (f32x4.extract_lane 0 (local.get $s0)) (f32x4.extract_lane 1 (local.get $s0)))
-               (f32.add (f32x4.extract_lane 2 (local.get $s0)) (f32x4.extract_lane 3 (local.get $s0))))
-      (local.get $tail)))
-"#;

@@ -8,6 +8,9 @@
 
 pub mod abi;
 mod kernels;
+mod matvec;
+
+pub use matvec::DotProduct;
 
 pub use kernels::DEQUANTIZE_TYPES;
 
@@ -164,13 +167,21 @@ fn stream_function(shard: u32) -> String {
     )
 }
 
-/// An exported dispatcher `$export(shard, p, n)` that calls `$target_{k}` for
-/// shard k through a `br_table`, trapping on an unknown shard.
-fn dispatcher(export: &str, target: &str, shards: u32) -> String {
-    let mut text = format!(
-        "\n  (func ${export} (export \"{export}\") (param $shard i32) (param $p i64) (param $n i64) (result i64)\n"
-    );
-    text += "    (block $unknown_shard\n";
+/// `(func {header} (param $shard i32) params... (result ...))` that calls
+/// `${target}_{k}(params...)` for shard k through a `br_table`, trapping on
+/// an unknown shard: how every weight-reading function reaches the code
+/// emitted for its memory. `params` are WAT `"name type"` pairs.
+fn shard_dispatch(
+    header: &str,
+    target: &str,
+    params: &[&str],
+    result: Option<&str>,
+    shards: u32,
+) -> String {
+    let declared: String = params.iter().map(|p| format!(" (param ${p})")).collect();
+    let result = result.map_or(String::new(), |r| format!(" (result {r})"));
+    let mut text =
+        format!("\n  (func {header} (param $shard i32){declared}{result}\n    (block $unknown_shard\n");
     for k in (0..shards).rev() {
         let _ = writeln!(text, "    (block $s{k}");
     }
@@ -180,11 +191,12 @@ fn dispatcher(export: &str, target: &str, shards: u32) -> String {
         text,
         "      (br_table {targets}$unknown_shard (local.get $shard)))"
     );
+    let args: String = params
+        .iter()
+        .map(|p| format!(" (local.get ${})", p.split(' ').next().unwrap_or(p)))
+        .collect();
     for k in 0..shards {
-        let _ = writeln!(
-            text,
-            "      (return (call ${target}_{k} (local.get $p) (local.get $n))))"
-        );
+        let _ = writeln!(text, "      (return (call ${target}_{k}{args})))");
     }
     text + "    unreachable)"
 }
@@ -241,7 +253,8 @@ fn table_functions() -> String {
 /// The guest's WAT text for `shards` shard memories, with compute kernels
 /// for the ggml `types` (gguf-py names) the plan holds: kernels are emitted
 /// per shard, so emitting only the types in use keeps compiling fast.
-pub fn guest_wat(shards: u32, types: &[&str]) -> String {
+/// `dot` picks the integer dot product of `matvec`.
+pub fn guest_wat(shards: u32, types: &[&str], dot: DotProduct) -> String {
     let mut wat = String::from("(module\n");
     let _ = writeln!(
         wat,
@@ -260,21 +273,33 @@ pub fn guest_wat(shards: u32, types: &[&str]) -> String {
         );
     }
     wat += &table_functions();
-    wat += &dispatcher("xxh64_range", "xxh64", shards);
-    wat += &dispatcher("stream_range", "stream", shards);
+    for (export, target) in [("xxh64_range", "xxh64"), ("stream_range", "stream")] {
+        wat += &shard_dispatch(
+            &format!("${export} (export \"{export}\")"),
+            target,
+            &["p i64", "n i64"],
+            Some("i64"),
+            shards,
+        );
+    }
     for k in 0..shards {
         wat += &xxh64_function(k);
         wat += &stream_function(k);
     }
     wat += &kernels::dequantize_functions(shards, types);
+    let emitted: Vec<_> = DEQUANTIZE_TYPES
+        .iter()
+        .filter(|t| types.contains(&t.1))
+        .collect();
+    wat += &matvec::matvec_functions(shards, &emitted, dot);
     wat += "\n)\n";
     wat
 }
 
 /// The guest module for `shards` shard memories and kernel `types`, assembled.
-pub fn guest_wasm(shards: u32, types: &[&str]) -> Result<Vec<u8>, String> {
+pub fn guest_wasm(shards: u32, types: &[&str], dot: DotProduct) -> Result<Vec<u8>, String> {
     if shards == 0 {
         return Err("a guest needs at least one shard memory".into());
     }
-    wat::parse_str(guest_wat(shards, types)).map_err(|e| e.to_string())
+    wat::parse_str(guest_wat(shards, types, dot)).map_err(|e| e.to_string())
 }

@@ -1,7 +1,7 @@
 //! The generated guest against real wasmtime memories and independent references.
 
 use proptest::prelude::*;
-use shardload_guest::{abi, guest_wasm};
+use shardload_guest::{DotProduct, abi, guest_wasm};
 use wasmtime::{
     Config, Engine, Instance, Linker, Memory, MemoryType, Module, Store, Trap, TypedFunc,
 };
@@ -27,7 +27,12 @@ impl Guest {
         let engine = Engine::new(&config).unwrap();
         let module = Module::new(
             &engine,
-            guest_wasm(shards, &shardload_guest::all_kernel_types()).unwrap(),
+            guest_wasm(
+                shards,
+                &shardload_guest::all_kernel_types(),
+                DotProduct::Plain,
+            )
+            .unwrap(),
         )
         .unwrap();
         let mut store = Store::new(&engine, ());
@@ -103,8 +108,9 @@ fn stream_model(bytes: &[u8]) -> u64 {
         ^ u64::from_le_bytes(acc[8..].try_into().unwrap())
 }
 
-fn features(multi_memory: bool) -> wasmparser::WasmFeatures {
+fn features(multi_memory: bool, relaxed_simd: bool) -> wasmparser::WasmFeatures {
     let mut f = wasmparser::WasmFeatures::default();
+    f.set(wasmparser::WasmFeatures::RELAXED_SIMD, relaxed_simd);
     f.set(wasmparser::WasmFeatures::MEMORY64, true);
     f.set(wasmparser::WasmFeatures::SIMD, true);
     f.set(wasmparser::WasmFeatures::MULTI_MEMORY, multi_memory);
@@ -114,16 +120,35 @@ fn features(multi_memory: bool) -> wasmparser::WasmFeatures {
 #[test]
 fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memory() {
     for shards in [1, 2, 4, 16, 64] {
-        let wasm = guest_wasm(shards, &shardload_guest::all_kernel_types()).unwrap();
-        wasmparser::Validator::new_with_features(features(true))
+        let wasm = guest_wasm(
+            shards,
+            &shardload_guest::all_kernel_types(),
+            DotProduct::Plain,
+        )
+        .unwrap();
+        wasmparser::Validator::new_with_features(features(true, false))
             .validate_all(&wasm)
             .unwrap();
         assert!(
-            wasmparser::Validator::new_with_features(features(false))
+            wasmparser::Validator::new_with_features(features(false, false))
                 .validate_all(&wasm)
                 .is_err()
         );
     }
+}
+
+#[test]
+fn the_relaxed_module_needs_relaxed_simd_and_the_plain_one_does_not() {
+    let types = shardload_guest::all_kernel_types();
+    let relaxed = guest_wasm(2, &types, DotProduct::Relaxed).unwrap();
+    wasmparser::Validator::new_with_features(features(true, true))
+        .validate_all(&relaxed)
+        .unwrap();
+    assert!(
+        wasmparser::Validator::new_with_features(features(true, false))
+            .validate_all(&relaxed)
+            .is_err()
+    );
 }
 
 #[test]

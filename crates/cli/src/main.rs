@@ -169,6 +169,36 @@ struct GuestArgs {
     /// Where to write the module.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
+    /// matvec's integer dot product: relaxed SIMD (faster, where the engine has it; wasmtime does)
+    /// or plain SIMD128 only, for engines without relaxed SIMD. Both give the same numbers.
+    #[arg(long, value_enum, default_value_t = DotArg::Relaxed)]
+    dot: DotArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DotArg {
+    /// `i32x4.relaxed_dot_i8x16_i7x16_add_s` where quants fit in 7 bits.
+    Relaxed,
+    /// `i32x4.dot_i16x8_s` over sign-extended halves.
+    Plain,
+}
+
+impl From<DotArg> for shardload_guest::DotProduct {
+    fn from(dot: DotArg) -> Self {
+        match dot {
+            DotArg::Relaxed => shardload_guest::DotProduct::Relaxed,
+            DotArg::Plain => shardload_guest::DotProduct::Plain,
+        }
+    }
+}
+
+impl std::fmt::Display for DotArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DotArg::Relaxed => "relaxed SIMD",
+            DotArg::Plain => "plain SIMD128",
+        })
+    }
 }
 
 #[derive(Args)]

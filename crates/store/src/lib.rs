@@ -10,5 +10,6 @@ mod usage;
 
 pub use memory::{LoadMode, Progress};
 pub use model::OpenModel;
+pub use shardload_guest::DotProduct;
 pub use store::{GuestInstance, InstanceTimings, WeightStore};
 pub use usage::MemoryUsage;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use shard_planner::{Plan, Router, WASM_PAGE};
 use shardload_gguf::GgmlType;
-use shardload_guest::abi;
+use shardload_guest::{DotProduct, abi};
 use wasmtime::{Config, Engine, Linker, Memory, MemoryType, Module, Store, TypedFunc};
 use xxhash_rust::xxh64::Xxh64;
 
@@ -27,6 +27,7 @@ pub struct WeightStore {
     tables: Vec<u8>,
     files: Vec<Arc<File>>,
     mode: LoadMode,
+    dot: DotProduct,
 }
 
 /// Where the time to make one guest instance went.
@@ -47,14 +48,26 @@ impl InstanceTimings {
 
 impl WeightStore {
     /// Compiles the guest for the plan's shard count and opens the model files.
-    /// The plan must already have been checked against the model.
+    /// The plan must already have been checked against the model. matvec
+    /// uses relaxed SIMD's dot product if this engine compiles it, else plain SIMD128.
     pub fn new(plan: Plan, mode: LoadMode) -> Result<WeightStore> {
+        WeightStore::with_dot_product(plan, mode, None)
+    }
+
+    /// [`WeightStore::new`] with matvec's dot product chosen by the caller
+    /// (`None`: the fastest this engine compiles), so both can be compared.
+    pub fn with_dot_product(
+        plan: Plan,
+        mode: LoadMode,
+        dot: Option<DotProduct>,
+    ) -> Result<WeightStore> {
         let creator = Arc::new(MappedCreator::default());
         let mut config = Config::new();
         config
             .wasm_memory64(true)
             .wasm_multi_memory(true)
-            .wasm_simd(true);
+            .wasm_simd(true)
+            .wasm_relaxed_simd(true);
         config.with_host_memory(creator.clone());
         let engine =
             Engine::new(&config).map_err(|e| anyhow!("cannot configure wasmtime: {e:?}"))?;
@@ -62,10 +75,18 @@ impl WeightStore {
         let mut types: Vec<&str> = plan.tensors.iter().map(|t| t.span.ty.as_str()).collect();
         types.sort_unstable();
         types.dedup();
-        let wasm = shardload_guest::guest_wasm(shards, &types)
-            .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
-        let guest =
-            Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the guest: {e:?}"))?;
+        let compile = |dot| -> Result<Module> {
+            let wasm = shardload_guest::guest_wasm(shards, &types, dot)
+                .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
+            Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the guest: {e:?}"))
+        };
+        let (guest, dot) = match dot {
+            Some(dot) => (compile(dot)?, dot),
+            None => match compile(DotProduct::Relaxed) {
+                Ok(guest) => (guest, DotProduct::Relaxed),
+                Err(_) => (compile(DotProduct::Plain)?, DotProduct::Plain),
+            },
+        };
         let files = plan
             .model
             .files
@@ -96,7 +117,13 @@ impl WeightStore {
             tables,
             files,
             mode,
+            dot,
         })
+    }
+
+    /// The integer dot product the guest's matvec was compiled with.
+    pub fn dot_product(&self) -> DotProduct {
+        self.dot
     }
 
     /// Reports bytes copied while building memories in [`LoadMode::Copy`]
