@@ -147,7 +147,8 @@ fn both_guests(plan: &shard_planner::Plan) -> Vec<(DotProduct, shardload_store::
     [DotProduct::Relaxed, DotProduct::Plain]
         .into_iter()
         .map(|dot| {
-            let store = WeightStore::with_dot_product(plan.clone(), LoadMode::Mmap, Some(dot)).unwrap();
+            let store =
+                WeightStore::with_dot_product(plan.clone(), LoadMode::Mmap, Some(dot)).unwrap();
             assert_eq!(store.dot_product(), dot);
             (dot, store.instantiate().unwrap().0)
         })
@@ -160,8 +161,13 @@ fn native_matvec(file: &GgufFile, name: &str, first: u64, rows: u64, x: &[f32]) 
     let row_bytes = t.bytes / t.dims[1..].iter().product::<u64>();
     let start = (file.header.data_offset + t.offset + first * row_bytes) as usize;
     let mut y = vec![0f32; rows as usize];
-    shardload_quant::matvec(t.ty, &file.bytes()[start..start + (rows * row_bytes) as usize], x, &mut y)
-        .unwrap();
+    shardload_quant::matvec(
+        t.ty,
+        &file.bytes()[start..start + (rows * row_bytes) as usize],
+        x,
+        &mut y,
+    )
+    .unwrap();
     y
 }
 
@@ -170,13 +176,20 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 #[test]
-fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf_py_in_every_shard() {
+fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf_py_in_every_shard()
+{
     let path = root().join("tests/vectors/quants.gguf");
     let file = GgufFile::open(&path).unwrap();
     let opened = OpenModel::open(&path).unwrap();
     let x = test_vector(512);
-    let types: Vec<&str> = shardload_guest::DEQUANTIZE_TYPES.iter().map(|t| t.1).collect();
-    let rows: Vec<String> = types.iter().flat_map(|ty| [0, 1].map(|r| format!("{ty}:{r}"))).collect();
+    let types: Vec<&str> = shardload_guest::DEQUANTIZE_TYPES
+        .iter()
+        .map(|t| t.1)
+        .collect();
+    let rows: Vec<String> = types
+        .iter()
+        .flat_map(|ty| [0, 1].map(|r| format!("{ty}:{r}")))
+        .collect();
     let references = matvec_references(&path, &x, &rows);
     for shards in [1, 3, 5] {
         let plan = opened
@@ -198,7 +211,11 @@ fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf
                 let y = guest.matvec(tensor, 0, 2, &x).unwrap();
                 let what = format!("{ty} in shard {shard} of {shards}, {dot:?} dot");
                 if !matches!(ty, "F32" | "F16" | "BF16") {
-                    assert_eq!(bits(&y), bits(&native_matvec(&file, ty, 0, 2, &x)), "{what}");
+                    assert_eq!(
+                        bits(&y),
+                        bits(&native_matvec(&file, ty, 0, 2, &x)),
+                        "{what}"
+                    );
                     let second = guest.matvec(tensor, 1, 1, &x).unwrap();
                     assert_eq!(second[0].to_bits(), y[1].to_bits(), "{what}: row 1 alone");
                 }
@@ -207,7 +224,10 @@ fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf
                         panic!("{what} row {r}: {e}");
                     }
                 }
-                assert!(guest.matvec(tensor, 1, 2, &x).is_err(), "{what}: rows past the tensor must trap");
+                assert!(
+                    guest.matvec(tensor, 1, 2, &x).is_err(),
+                    "{what}: rows past the tensor must trap"
+                );
             }
         }
     }
@@ -244,12 +264,18 @@ fn real_shard_edges(name: &str) {
     let rows_of = |t: usize| [0, plan.tensors[t].span.dims[1] - 1];
     let spec = |t: usize, row: u64| format!("{}:{row}", plan.tensors[t].span.name);
     let mut guests = both_guests(&plan);
-    for (n, group) in edges.iter().fold(BTreeMap::<u64, Vec<usize>>::new(), |mut m, &t| {
-        m.entry(plan.tensors[t].span.dims[0]).or_default().push(t);
-        m
-    }) {
+    for (n, group) in edges
+        .iter()
+        .fold(BTreeMap::<u64, Vec<usize>>::new(), |mut m, &t| {
+            m.entry(plan.tensors[t].span.dims[0]).or_default().push(t);
+            m
+        })
+    {
         let x = test_vector(n as usize);
-        let specs: Vec<String> = group.iter().flat_map(|&t| rows_of(t).map(|r| spec(t, r))).collect();
+        let specs: Vec<String> = group
+            .iter()
+            .flat_map(|&t| rows_of(t).map(|r| spec(t, r)))
+            .collect();
         let references = matvec_references(&path, &x, &specs);
         for &t in &group {
             let span = &plan.tensors[t].span;
@@ -262,7 +288,9 @@ fn real_shard_edges(name: &str) {
                         span.name, span.ty, plan.tensors[t].shard
                     );
                     assert_eq!(y[0].to_bits(), native[0].to_bits(), "{what}");
-                    if let Err(e) = check_matvec(&span.ty, n as usize, y[0], &references[&spec(t, row)]) {
+                    if let Err(e) =
+                        check_matvec(&span.ty, n as usize, y[0], &references[&spec(t, row)])
+                    {
                         panic!("{what}: {e}");
                     }
                 }

@@ -442,4 +442,3 @@ pub fn dequantize_functions(shards: u32, types: &[&str]) -> String {
     }
     wat
 }
-

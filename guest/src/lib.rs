@@ -180,8 +180,9 @@ fn shard_dispatch(
 ) -> String {
     let declared: String = params.iter().map(|p| format!(" (param ${p})")).collect();
     let result = result.map_or(String::new(), |r| format!(" (result {r})"));
-    let mut text =
-        format!("\n  (func {header} (param $shard i32){declared}{result}\n    (block $unknown_shard\n");
+    let mut text = format!(
+        "\n  (func {header} (param $shard i32){declared}{result}\n    (block $unknown_shard\n"
+    );
     for k in (0..shards).rev() {
         let _ = writeln!(text, "    (block $s{k}");
     }

@@ -30,7 +30,10 @@ const META_BYTES: u32 = 16;
 
 /// Emits a v128 constant with 16 equal bytes.
 fn splat8(byte: u8) -> String {
-    format!("(v128.const i8x16 {})", vec![byte.to_string(); 16].join(" "))
+    format!(
+        "(v128.const i8x16 {})",
+        vec![byte.to_string(); 16].join(" ")
+    )
 }
 
 /// The i32x4 sum of `w · x` over 16 lanes: `w` an i8x16 expression (values in
@@ -77,16 +80,30 @@ enum Isum {
     /// `dot - offset · S` (offset may be 0), S the group's x quant sum.
     Whole { offset: i32 },
     /// `sa · (dot_a - offset · s0) + sb · (dot_b - offset · s1)`, per-16 scales.
-    Halves {
-        sa: String,
-        sb: String,
-        offset: i32,
-    },
+    Halves { sa: String, sb: String, offset: i32 },
 }
 
-/// The block's f16 at byte `at`, as f32.
-fn half(m: u32, at: u32) -> String {
-    format!("(call $f16 (i32.load16_u $m{m} offset={at} (local.get $p)))")
+/// The block's scale and min, converted from f16 once per block, before any
+/// vector is live: every v128 is caller-saved, so a call between groups
+/// would spill them all.
+const D: &str = "(local.get $d)";
+const DMIN: &str = "(local.get $dmin)";
+
+/// Statements that set `$d` (and `$dmin`) from a block of `ty` at `$p`.
+fn block_scales(ty: &str, m: u32) -> String {
+    let (d, dmin) = match ty {
+        "Q6_K" => (208, None),
+        "Q2_K" => (80, Some(82)),
+        "Q3_K" => (108, None),
+        "Q4_1" | "Q5_1" | "Q4_K" | "Q5_K" => (0, Some(2)),
+        _ => (0, None),
+    };
+    let half = |at: u32| format!("(call $f16 (i32.load16_u $m{m} offset={at} (local.get $p)))");
+    let mut code = format!("\n        (local.set $d {})", half(d));
+    if let Some(at) = dmin {
+        code += &format!(" (local.set $dmin {})", half(at));
+    }
+    code
 }
 
 fn byte(m: u32, at: u32) -> String {
@@ -142,7 +159,10 @@ fn iq4_table() -> String {
 /// Group `g`'s x quant sum over all 32 elements (`half` None) or one half.
 fn x_sum(g: u32, half: Option<u32>) -> String {
     let field = half.map_or(12, |h| 4 + 4 * h);
-    format!("(i32.load $m0 offset={} (local.get $g))", META_BYTES * g + field)
+    format!(
+        "(i32.load $m0 offset={} (local.get $g))",
+        META_BYTES * g + field
+    )
 }
 
 /// Group `g` of a block of `ty` at `$p` in memory `$m{m}`.
@@ -157,8 +177,8 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
                 hi: nibble("(local.get $w1)", true),
                 unsigned: true,
                 isum: whole(if ty == "Q4_0" { 8 } else { 0 }),
-                a: half(m, 0),
-                min: (ty == "Q4_1").then(|| (half(m, 2), x_sum(g, None))),
+                a: D.to_string(),
+                min: (ty == "Q4_1").then(|| (DMIN.to_string(), x_sum(g, None))),
             }
         }
         "Q5_0" | "Q5_1" => {
@@ -168,12 +188,20 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
                     "(local.set $qh (i32x4.splat (i32.load $m{m} offset={at} (local.get $p)))) (local.set $w1 {})",
                     load(m, at + 4)
                 ),
-                lo: format!("(v128.or {} {})", nibble("(local.get $w1)", false), fifth_bits(0)),
-                hi: format!("(v128.or {} {})", nibble("(local.get $w1)", true), fifth_bits(16)),
+                lo: format!(
+                    "(v128.or {} {})",
+                    nibble("(local.get $w1)", false),
+                    fifth_bits(0)
+                ),
+                hi: format!(
+                    "(v128.or {} {})",
+                    nibble("(local.get $w1)", true),
+                    fifth_bits(16)
+                ),
                 unsigned: true,
                 isum: whole(if ty == "Q5_0" { 16 } else { 0 }),
-                a: half(m, 0),
-                min: (ty == "Q5_1").then(|| (half(m, 2), x_sum(g, None))),
+                a: D.to_string(),
+                min: (ty == "Q5_1").then(|| (DMIN.to_string(), x_sum(g, None))),
             }
         }
         "Q8_0" => Group {
@@ -182,16 +210,24 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
             hi: load(m, 18),
             unsigned: false,
             isum: whole(0),
-            a: half(m, 0),
+            a: D.to_string(),
             min: None,
         },
         "IQ4_NL" => Group {
             setup: format!("(local.set $w1 {})", load(m, 2)),
-            lo: format!("(i8x16.swizzle {} {})", iq4_table(), nibble("(local.get $w1)", false)),
-            hi: format!("(i8x16.swizzle {} {})", iq4_table(), nibble("(local.get $w1)", true)),
+            lo: format!(
+                "(i8x16.swizzle {} {})",
+                iq4_table(),
+                nibble("(local.get $w1)", false)
+            ),
+            hi: format!(
+                "(i8x16.swizzle {} {})",
+                iq4_table(),
+                nibble("(local.get $w1)", true)
+            ),
             unsigned: false,
             isum: whole(0),
-            a: half(m, 0),
+            a: D.to_string(),
             min: None,
         },
         "IQ4_XS" => {
@@ -206,13 +242,21 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
             );
             Group {
                 setup: format!("(local.set $w1 {})", load(m, 8 + 16 * g)),
-                lo: format!("(i8x16.swizzle {} {})", iq4_table(), nibble("(local.get $w1)", false)),
-                hi: format!("(i8x16.swizzle {} {})", iq4_table(), nibble("(local.get $w1)", true)),
+                lo: format!(
+                    "(i8x16.swizzle {} {})",
+                    iq4_table(),
+                    nibble("(local.get $w1)", false)
+                ),
+                hi: format!(
+                    "(i8x16.swizzle {} {})",
+                    iq4_table(),
+                    nibble("(local.get $w1)", true)
+                ),
                 unsigned: false,
                 isum: whole(0),
                 a: format!(
                     "(f32.mul {} (f32.convert_i32_s (i32.sub (i32.or {low} (i32.shl {high} (i32.const 4))) (i32.const 32))))",
-                    half(m, 0)
+                    D
                 ),
                 min: None,
             }
@@ -239,7 +283,7 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
             };
             let qs = if ty == "Q4_K" { 16 } else { 48 } + 32 * (g / 2);
             let mut setup = String::new();
-            if g % 2 == 0 {
+            if g.is_multiple_of(2) {
                 setup += &format!(
                     "(local.set $w1 {}) (local.set $w2 {})",
                     load(m, qs),
@@ -252,7 +296,11 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
             );
             if ty == "Q5_K" {
                 if g == 0 {
-                    setup += &format!("(local.set $h1 {}) (local.set $h2 {})", load(m, 16), load(m, 32));
+                    setup += &format!(
+                        "(local.set $h1 {}) (local.set $h2 {})",
+                        load(m, 16),
+                        load(m, 32)
+                    );
                 }
                 lo = format!("(v128.or {lo} {})", move_bit("(local.get $h1)", g, 4));
                 hi = format!("(v128.or {hi} {})", move_bit("(local.get $h2)", g, 4));
@@ -263,9 +311,9 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
                 hi,
                 unsigned: true,
                 isum: whole(0),
-                a: format!("(f32.mul {} (f32.convert_i32_s {scale}))", half(m, 0)),
+                a: format!("(f32.mul {} (f32.convert_i32_s {scale}))", D),
                 min: Some((
-                    format!("(f32.neg (f32.mul {} (f32.convert_i32_s {min})))", half(m, 2)),
+                    format!("(f32.neg (f32.mul {} (f32.convert_i32_s {min})))", DMIN),
                     x_sum(g, None),
                 )),
             }
@@ -275,14 +323,26 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
             let ql = h * 64 + 32 * (s % 2);
             let mut setup = String::new();
             if s < 2 {
-                setup += &format!("(local.set ${} {}) (local.set ${} {})",
-                    if s == 0 { "w1" } else { "w3" }, load(m, ql),
-                    if s == 0 { "w2" } else { "w4" }, load(m, ql + 16));
+                setup += &format!(
+                    "(local.set ${} {}) (local.set ${} {})",
+                    if s == 0 { "w1" } else { "w3" },
+                    load(m, ql),
+                    if s == 0 { "w2" } else { "w4" },
+                    load(m, ql + 16)
+                );
             }
             if s == 0 {
-                setup += &format!("(local.set $h1 {}) (local.set $h2 {})", load(m, 128 + 32 * h), load(m, 144 + 32 * h));
+                setup += &format!(
+                    "(local.set $h1 {}) (local.set $h2 {})",
+                    load(m, 128 + 32 * h),
+                    load(m, 144 + 32 * h)
+                );
             }
-            let (v1, v2) = if s % 2 == 0 { ("$w1", "$w2") } else { ("$w3", "$w4") };
+            let (v1, v2) = if s % 2 == 0 {
+                ("$w1", "$w2")
+            } else {
+                ("$w3", "$w4")
+            };
             let high = |v: &str| {
                 let shifted = match 2 * s {
                     0 => format!("(i8x16.shl (local.get {v}) (i32.const 4))"),
@@ -294,15 +354,23 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
             };
             Group {
                 setup,
-                lo: format!("(v128.or {} {})", nibble(&format!("(local.get {v1})"), s >= 2), high("$h1")),
-                hi: format!("(v128.or {} {})", nibble(&format!("(local.get {v2})"), s >= 2), high("$h2")),
+                lo: format!(
+                    "(v128.or {} {})",
+                    nibble(&format!("(local.get {v1})"), s >= 2),
+                    high("$h1")
+                ),
+                hi: format!(
+                    "(v128.or {} {})",
+                    nibble(&format!("(local.get {v2})"), s >= 2),
+                    high("$h2")
+                ),
                 unsigned: true,
                 isum: Isum::Halves {
                     sa: format!("(i32.load8_s $m{m} offset={} (local.get $p))", 192 + 2 * g),
                     sb: format!("(i32.load8_s $m{m} offset={} (local.get $p))", 193 + 2 * g),
                     offset: 32,
                 },
-                a: half(m, 208),
+                a: D.to_string(),
                 min: None,
             }
         }
@@ -310,10 +378,18 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
             let (h, s) = (g / 4, g % 4);
             let mut setup = String::new();
             if s == 0 {
-                setup += &format!("(local.set $w1 {}) (local.set $w2 {})", load(m, 16 + 32 * h), load(m, 32 + 32 * h));
+                setup += &format!(
+                    "(local.set $w1 {}) (local.set $w2 {})",
+                    load(m, 16 + 32 * h),
+                    load(m, 32 + 32 * h)
+                );
             }
             let crumb = |v: &str| {
-                format!("(v128.and (i8x16.shr_u (local.get {v}) (i32.const {})) {})", 2 * s, splat8(3))
+                format!(
+                    "(v128.and (i8x16.shr_u (local.get {v}) (i32.const {})) {})",
+                    2 * s,
+                    splat8(3)
+                )
             };
             let (sa, sb) = (byte(m, 2 * g), byte(m, 2 * g + 1));
             Group {
@@ -326,9 +402,9 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
                     sb: format!("(i32.and {sb} (i32.const 15))"),
                     offset: 0,
                 },
-                a: half(m, 80),
+                a: D.to_string(),
                 min: Some((
-                    format!("(f32.neg {})", half(m, 82)),
+                    format!("(f32.neg {})", DMIN),
                     format!(
                         "(i32.add (i32.mul (i32.shr_u {sa} (i32.const 4)) {})
                                   (i32.mul (i32.shr_u {sb} (i32.const 4)) {}))",
@@ -342,10 +418,18 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
             let (h, s) = (g / 4, g % 4);
             let mut setup = String::new();
             if s == 0 {
-                setup += &format!("(local.set $w1 {}) (local.set $w2 {})", load(m, 32 + 32 * h), load(m, 48 + 32 * h));
+                setup += &format!(
+                    "(local.set $w1 {}) (local.set $w2 {})",
+                    load(m, 32 + 32 * h),
+                    load(m, 48 + 32 * h)
+                );
             }
             if g == 0 {
-                setup += &format!("(local.set $h1 {}) (local.set $h2 {})", load(m, 0), load(m, 16));
+                setup += &format!(
+                    "(local.set $h1 {}) (local.set $h2 {})",
+                    load(m, 0),
+                    load(m, 16)
+                );
             }
             let quant = |v: &str, hv: &str| {
                 format!(
@@ -375,7 +459,7 @@ fn group(ty: &str, m: u32, g: u32) -> Group {
                     sb: scale(2 * g + 1),
                     offset: 4,
                 },
-                a: half(m, 108),
+                a: D.to_string(),
                 min: None,
             }
         }
@@ -444,11 +528,14 @@ fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
 fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) -> String {
     let m = shard + 1;
     let groups = (block / 32) as u32;
-    let body: String = (0..groups).map(|g| group_code(ty, m, g, dot)).collect();
+    let body: String = block_scales(ty, m)
+        + &(0..groups)
+            .map(|g| group_code(ty, m, g, dot))
+            .collect::<String>();
     format!(
         r#"
   (func $mv_{ty}_{shard} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q0 i32) (param $g0 i32) (param $y i32)
-    (local $row i64) (local $b i32) (local $q i32) (local $g i32) (local $sum f32) (local $sa i32) (local $sb i32)
+    (local $row i64) (local $b i32) (local $q i32) (local $g i32) (local $sum f32) (local $d f32) (local $dmin f32) (local $sa i32) (local $sb i32)
     (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128)
     (local $t v128) (local $u v128) (local $s v128)
     (block $done
@@ -606,7 +693,15 @@ pub fn matvec_functions(shards: u32, types: &[&(u32, &str, u64, u64)], dot: DotP
         wat += &crate::shard_dispatch(
             &format!("$mv_{name}"),
             &format!("mv_{name}"),
-            &["p i64", "rows i64", "row_bytes i64", "blocks i32", "q i32", "g i32", "y i32"],
+            &[
+                "p i64",
+                "rows i64",
+                "row_bytes i64",
+                "blocks i32",
+                "q i32",
+                "g i32",
+                "y i32",
+            ],
             None,
             shards,
         );

@@ -12,7 +12,7 @@ pub fn run(args: &GuestArgs) -> Result<ExitCode> {
         &shardload_guest::all_kernel_types(),
         args.dot.into(),
     )
-        .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
+    .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
     std::fs::write(&args.output, &wasm)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     println!(

@@ -29,8 +29,8 @@ pub const SUPPORTED: &[GgmlType] = &[
 
 mod dot;
 
-pub use dot::{GROUP, INTEGER_TYPES, InputGroup, QuantizedInput, quantize_input, row_dot};
 use dot::IQ4_LEVELS;
+pub use dot::{GROUP, INTEGER_TYPES, InputGroup, QuantizedInput, quantize_input, row_dot};
 
 /// Why a dequantization was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]

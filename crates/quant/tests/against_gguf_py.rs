@@ -132,7 +132,11 @@ fn quantizing_x_matches_gguf_py_q8_0_bit_for_bit() {
     for (j, v) in x[32..64].iter_mut().enumerate() {
         *v = j as f32 * 0.5 - 8.0;
     }
-    let hex: String = x.iter().flat_map(|v| v.to_le_bytes()).map(|b| format!("{b:02x}")).collect();
+    let hex: String = x
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let reference = gguf_ref(&["q8", &hex]);
     let input = shardload_quant::quantize_input(&x);
     let expected_q: Vec<i8> = reference["q"]
@@ -148,7 +152,14 @@ fn quantizing_x_matches_gguf_py_q8_0_bit_for_bit() {
         .map(|v| (v.as_f64().unwrap() as f32).to_bits())
         .collect();
     assert_eq!(input.q, expected_q);
-    assert_eq!(input.groups.iter().map(|g| g.d.to_bits()).collect::<Vec<_>>(), expected_d);
+    assert_eq!(
+        input
+            .groups
+            .iter()
+            .map(|g| g.d.to_bits())
+            .collect::<Vec<_>>(),
+        expected_d
+    );
     for (g, group) in input.groups.iter().enumerate() {
         let q = &expected_q[g * 32..(g + 1) * 32];
         let sum = |h: &[i8]| h.iter().map(|&v| i32::from(v)).sum::<i32>();
