@@ -1,5 +1,5 @@
 //! On-demand benchmark: `cargo bench --bench store` (after scripts/fetch-models).
-//! Time to ready (mmap vs copy) and read throughput (guest vs native) on the
+//! Time to ready (mmap vs copy), read throughput and decode-step matvec (guest vs native) on the
 //! real models and a 3.6 GB random-data synthetic model, as ratios measured
 //! in one run. `shardload bench` prints the same report for any model.
 
@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
     let synthetic = dir.path().join("llama-3-70b-first-4-blocks-random.gguf");
     bench::write_random_model(&synthetic, 4)?;
     for path in [model(SMOLLM2), model(GEMMA), synthetic] {
-        println!("{}", bench::measure(&path, 4)?);
+        println!("{}", bench::measure(&path, 4, None)?);
     }
     Ok(())
 }

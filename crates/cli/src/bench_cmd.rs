@@ -30,7 +30,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     let mut reports = Vec::new();
     for model in &models {
-        let report = bench::measure(model, args.shards)?;
+        let report = bench::measure(model, args.shards, args.dot.map(Into::into))?;
         if !args.json {
             println!("{report}");
         }
@@ -49,6 +49,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                         "guest_xxh64": r.rates.guest_xxh64, "native_xxh64": r.rates.native_xxh64,
                         "guest_stream": r.rates.guest_stream, "native_stream": r.rates.native_stream,
                     },
+                    "dot_product": format!("{:?}", r.dot).to_lowercase(),
+                    "decode_step": r.decode.iter().map(|d| json!({
+                        "type": d.ty, "bytes": d.bytes,
+                        "guest_gb_per_s": {"1": d.guest[0], "2": d.guest[1]},
+                        "native_gb_per_s": {"1": d.native[0], "2": d.native[1]},
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();

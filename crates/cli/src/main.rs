@@ -62,14 +62,16 @@ if any differ. `xxh64` in --json is what `xxhsum -H1` prints for the tensor's by
         after_help = "Example:\n  shardload guest --shards 4 -o guest.wasm\n\nThe ABI is documented in guest/README.md."
     )]
     Guest(GuestArgs),
-    /// Measure time to ready (mmap vs copy) and read throughput (guest vs native), in one run.
+    /// Measure time to ready (mmap vs copy), read throughput and a decode step's matvecs (guest vs native), in one run.
     #[command(after_help = "Examples:
   shardload bench                                        # the default model
   shardload bench models/*.gguf --shards 4 --synthetic-blocks 4
+  shardload bench --dot plain                            # matvec without relaxed SIMD
 
 Ratios compare against baselines measured in the same run: copied memories for time to ready,
-the same algorithm run natively over the same shard memories for read throughput. Page cache
-warm, best of 3 after a warm-up.")]
+the same algorithm run natively over the same bytes for read throughput and matvec. The decode
+step multiplies every 2-D weight by a vector, split by rows over 1 and 2 threads (one guest
+instance each), in GB/s of weight bytes. Page cache warm, best of 3 after a warm-up.")]
     Bench(BenchArgs),
     /// Write a synthetic Llama-3-70B Q4_K_M (exact tensor inventory; sparse or random data).
     #[command(after_help = "Examples:
@@ -209,9 +211,12 @@ struct BenchArgs {
     /// Shards to plan each model into.
     #[arg(long, value_name = "N", default_value_t = 4)]
     shards: u32,
-    /// Also write and measure a random-data model of the first K Llama-3-70B blocks (4 blocks: 3.3 GB) in a temp dir.
+    /// Also write and measure a random-data model of the first K Llama-3-70B blocks (4 blocks: 3.6 GB) in a temp dir.
     #[arg(long, value_name = "K", default_value_t = 0)]
     synthetic_blocks: u64,
+    /// The guest's matvec dot product. Default: relaxed SIMD where wasmtime compiles it, else plain.
+    #[arg(long, value_enum, value_name = "DOT")]
+    dot: Option<DotArg>,
     /// Print machine-readable results.
     #[arg(long)]
     json: bool,

@@ -8,7 +8,7 @@ use anyhow::Result;
 use shard_planner::Plan;
 use xxhash_rust::xxh64::xxh64;
 
-use crate::{LoadMode, WeightStore};
+use crate::{DotProduct, LoadMode, WeightStore};
 
 /// Best of this many repetitions, after one warm-up: machines are noisy.
 const REPEATS: usize = 3;
@@ -193,19 +193,26 @@ pub struct ModelReport {
     pub ready: ReadyTimes,
     /// Guest and native read rates.
     pub rates: ReadRates,
+    /// The guest's matvec dot product.
+    pub dot: DotProduct,
     /// Guest and native decode-step matvec rates per type.
     pub decode: Vec<MatvecRate>,
 }
 
-/// Plans `path` into `shards` shards and measures it.
-pub fn measure(path: &std::path::Path, shards: u32) -> Result<ModelReport> {
+/// Plans `path` into `shards` shards and measures it, with the guest's
+/// matvec dot product `dot` (`None`: the store's choice).
+pub fn measure(
+    path: &std::path::Path,
+    shards: u32,
+    dot: Option<DotProduct>,
+) -> Result<ModelReport> {
     let model = crate::OpenModel::open(path)?;
     let plan = model.plan(&shard_planner::PlanOptions {
         shards: Some(shards),
         ..Default::default()
     })?;
     let ready = time_to_ready(&plan)?;
-    let store = WeightStore::new(plan.clone(), LoadMode::Mmap)?;
+    let store = WeightStore::with_dot_product(plan.clone(), LoadMode::Mmap, dot)?;
     let rates = read_rates(&store)?;
     let decode = decode_step(&model, &store)?;
     Ok(ModelReport {
@@ -214,6 +221,7 @@ pub fn measure(path: &std::path::Path, shards: u32) -> Result<ModelReport> {
         shards: plan.shards.len(),
         ready,
         rates,
+        dot: store.dot_product(),
         decode,
     })
 }
@@ -256,6 +264,11 @@ impl std::fmt::Display for ModelReport {
             r.guest_stream,
             r.native_stream,
             100.0 * r.guest_stream / r.native_stream
+        )?;
+        writeln!(
+            f,
+            "  decode step     matvec over every 2-D weight; {:?} SIMD dot products",
+            self.dot
         )?;
         write!(f, "{}", format_decode_step(&self.decode).trim_end())
     }
@@ -407,7 +420,7 @@ fn sweep_native(
 /// Prints decode-step rates as a table.
 pub fn format_decode_step(rates: &[MatvecRate]) -> String {
     let mut out = String::from(
-        "  decode step     type      weights   guest 1T  native 1T  ratio   guest 2T  native 2T  ratio\n",
+        "                  type      weights   guest 1T  native 1T  ratio   guest 2T  native 2T  ratio\n",
     );
     for r in rates {
         out += &format!(
