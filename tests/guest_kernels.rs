@@ -29,7 +29,7 @@ fn guest_dequantize_is_bit_exact_with_gguf_py_in_every_shard() {
             .collect();
         let store = WeightStore::new(plan.clone(), LoadMode::Mmap).unwrap();
         let (mut guest, _) = store.instantiate().unwrap();
-        for &(_, ty, _, _) in shardload_guest::DEQUANTIZE_TYPES {
+        for &(_, ty, _, _) in shardload_guest::KERNEL_TYPES {
             let reference = &file.tensors()[index[&format!("{ty}.f32")]];
             let start = (file.header.data_offset + reference.offset) as usize;
             let expected: Vec<u32> = file.bytes()[start..start + reference.bytes as usize]
@@ -75,7 +75,7 @@ fn real_tensors(name: &str) {
     let (mut guest, _) = store.instantiate().unwrap();
     let file = GgufFile::open(&path).unwrap();
     for (i, t) in file.tensors().iter().enumerate() {
-        let supported = shardload_guest::DEQUANTIZE_TYPES
+        let supported = shardload_guest::KERNEL_TYPES
             .iter()
             .any(|(_, ty, _, _)| *ty == t.ty.name());
         let rows = 3.min(t.dims[1..].iter().product::<u64>());
@@ -142,6 +142,75 @@ fn types_without_a_kernel_are_refused_by_name_never_wrong_numbers() {
     assert_eq!(guest.dequantize(1, 0, 2).unwrap(), vec![0.0; 512]);
 }
 
+#[test]
+fn float_rows_of_any_length_convert_exactly_as_gguf_py_does_every_bit_pattern() {
+    // Rows of 13: one 8-lane step and a 5-element tail per row; the fill walks
+    // through all 65536 f16 and bf16 bit patterns (NaN payloads included).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("floats.gguf");
+    let mut writer = shardload_gguf::GgufWriter::new();
+    writer
+        .kv(
+            "general.architecture",
+            shardload_gguf::Value::String("test".into()),
+        )
+        .tensor("f16", shardload_gguf::GgmlType::F16, &[13, 5042])
+        .tensor("bf16", shardload_gguf::GgmlType::BF16, &[13, 5042]);
+    let mut next = 0u16;
+    let mut fill = |_: usize, _: u64, buf: &mut [u8]| {
+        for pair in buf.chunks_mut(2) {
+            pair.copy_from_slice(&next.to_le_bytes()[..pair.len()]);
+            next = next.wrapping_add(1);
+        }
+    };
+    writer.write(&path, Some(&mut fill)).unwrap();
+    let reference = shardload_suite::gguf_ref(&[
+        "dequantize",
+        path.to_str().unwrap(),
+        "f16:0:5042",
+        "bf16:0:5042",
+    ]);
+    let file = GgufFile::open(&path).unwrap();
+    let plan = OpenModel::open(&path)
+        .unwrap()
+        .plan(&PlanOptions::default())
+        .unwrap();
+    let (mut guest, _) = WeightStore::new(plan, LoadMode::Mmap)
+        .unwrap()
+        .instantiate()
+        .unwrap();
+    for (i, t) in file.tensors().iter().enumerate() {
+        let hex = reference[&format!("{}:0:5042", t.name)].as_str().unwrap();
+        let expected: Vec<u32> = (0..hex.len())
+            .step_by(8)
+            .map(|k| {
+                u32::from_le_bytes(std::array::from_fn(|b| {
+                    u8::from_str_radix(&hex[k + 2 * b..k + 2 * b + 2], 16).unwrap()
+                }))
+            })
+            .collect();
+        let start = (file.header.data_offset + t.offset) as usize;
+        let mut native = vec![0f32; expected.len()];
+        shardload_quant::dequantize(
+            t.ty,
+            &file.bytes()[start..start + t.bytes as usize],
+            &mut native,
+        )
+        .unwrap();
+        let ours = guest.dequantize(i, 0, 5042).unwrap();
+        for (what, got) in [("guest", bits(&ours)), ("native", bits(&native))] {
+            let differ: Vec<String> = (0..expected.len())
+                .filter(|&k| got[k] != expected[k])
+                .take(3)
+                .map(|k| format!("element {k}: {:#x}, gguf-py {:#x}", got[k], expected[k]))
+                .collect();
+            assert!(differ.is_empty(), "{what} {}: {differ:?}", t.name);
+        }
+        let row = guest.dequantize(i, 7, 1).unwrap();
+        assert_eq!(bits(&row), expected[7 * 13..8 * 13], "{} row 7", t.name);
+    }
+}
+
 /// Both guests a plan can get: relaxed SIMD and plain SIMD128 dot products.
 fn both_guests(plan: &shard_planner::Plan) -> Vec<(DotProduct, shardload_store::GuestInstance)> {
     [DotProduct::Relaxed, DotProduct::Plain]
@@ -182,10 +251,7 @@ fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf
     let file = GgufFile::open(&path).unwrap();
     let opened = OpenModel::open(&path).unwrap();
     let x = test_vector(512);
-    let types: Vec<&str> = shardload_guest::DEQUANTIZE_TYPES
-        .iter()
-        .map(|t| t.1)
-        .collect();
+    let types: Vec<&str> = shardload_guest::KERNEL_TYPES.iter().map(|t| t.1).collect();
     let rows: Vec<String> = types
         .iter()
         .flat_map(|ty| [0, 1].map(|r| format!("{ty}:{r}")))

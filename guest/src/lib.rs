@@ -7,16 +7,16 @@
 //! emitted once per shard memory and reached through a `br_table` dispatcher.
 
 pub mod abi;
-mod kernels;
+mod dequantize;
 mod matvec;
+mod quants;
 
 pub use matvec::DotProduct;
-
-pub use kernels::DEQUANTIZE_TYPES;
+pub use quants::{KERNEL_TYPES, KernelType};
 
 /// Every type the guest has kernels for (what `shardload guest` emits).
 pub fn all_kernel_types() -> Vec<&'static str> {
-    DEQUANTIZE_TYPES.iter().map(|t| t.1).collect()
+    KERNEL_TYPES.iter().map(|t| t.1).collect()
 }
 
 use std::fmt::Write;
@@ -287,11 +287,11 @@ pub fn guest_wat(shards: u32, types: &[&str], dot: DotProduct) -> String {
         wat += &xxh64_function(k);
         wat += &stream_function(k);
     }
-    wat += &kernels::dequantize_functions(shards, types);
-    let emitted: Vec<_> = DEQUANTIZE_TYPES
+    let emitted: Vec<&KernelType> = KERNEL_TYPES
         .iter()
         .filter(|t| types.contains(&t.1))
         .collect();
+    wat += &dequantize::dequantize_functions(shards, &emitted);
     wat += &matvec::matvec_functions(shards, &emitted, dot);
     wat += "\n)\n";
     wat

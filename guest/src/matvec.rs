@@ -15,6 +15,8 @@
 
 use std::fmt::Write;
 
+use crate::quants::{self, KernelType, Min, Scale};
+
 /// How 16-lane integer dot products are emitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DotProduct {
@@ -27,14 +29,6 @@ pub enum DotProduct {
 /// The per-group metadata `$quantize_x` writes for each 32 elements of x:
 /// f16-rounded scale (f32), quant sums of elements 0..16 and 16..32, their sum.
 const META_BYTES: u32 = 16;
-
-/// Emits a v128 constant with 16 equal bytes.
-fn splat8(byte: u8) -> String {
-    format!(
-        "(v128.const i8x16 {})",
-        vec![byte.to_string(); 16].join(" ")
-    )
-}
 
 /// The i32x4 sum of `w · x` over 16 lanes: `w` an i8x16 expression (values in
 /// 0..=127 when `unsigned`), x the 16 quants at `$q + at`.
@@ -58,104 +52,6 @@ fn lanes_sum(v: &str) -> String {
     )
 }
 
-/// One group's weights as two i8x16 (elements 0..16, 16..32), how to reach
-/// its integer sums, and its scales.
-struct Group {
-    /// Statements run first (loads into locals).
-    setup: String,
-    lo: String,
-    hi: String,
-    /// Whether every quant is in 0..=127 (relaxed dot allowed).
-    unsigned: bool,
-    /// How the two 16-lane dots combine into isum.
-    isum: Isum,
-    /// The f32 weight scale `a`.
-    a: String,
-    /// The min term: (`b` f32, `jsum` i32), for types that have one.
-    min: Option<(String, String)>,
-}
-
-/// How a group's isum is formed from its two 16-lane dots (i32x4 each).
-enum Isum {
-    /// `dot - offset · S` (offset may be 0), S the group's x quant sum.
-    Whole { offset: i32 },
-    /// `sa · (dot_a - offset · s0) + sb · (dot_b - offset · s1)`, per-16 scales.
-    Halves { sa: String, sb: String, offset: i32 },
-}
-
-/// The block's scale and min, converted from f16 once per block, before any
-/// vector is live: every v128 is caller-saved, so a call between groups
-/// would spill them all.
-const D: &str = "(local.get $d)";
-const DMIN: &str = "(local.get $dmin)";
-
-/// Statements that set `$d` (and `$dmin`) from a block of `ty` at `$p`.
-fn block_scales(ty: &str, m: u32) -> String {
-    let (d, dmin) = match ty {
-        "Q6_K" => (208, None),
-        "Q2_K" => (80, Some(82)),
-        "Q3_K" => (108, None),
-        "Q4_1" | "Q5_1" | "Q4_K" | "Q5_K" => (0, Some(2)),
-        _ => (0, None),
-    };
-    let half = |at: u32| format!("(call $f16 (i32.load16_u $m{m} offset={at} (local.get $p)))");
-    let mut code = format!("\n        (local.set $d {})", half(d));
-    if let Some(at) = dmin {
-        code += &format!(" (local.set $dmin {})", half(at));
-    }
-    code
-}
-
-fn byte(m: u32, at: u32) -> String {
-    format!("(i32.load8_u $m{m} offset={at} (local.get $p))")
-}
-
-fn load(m: u32, at: u32) -> String {
-    format!("(v128.load $m{m} offset={at} (local.get $p))")
-}
-
-/// Byte lanes of `v` shifted so bit `from` lands on bit `to`, masked to bit `to`.
-fn move_bit(v: &str, from: u32, to: u32) -> String {
-    let shifted = match from.cmp(&to) {
-        std::cmp::Ordering::Less => format!("(i8x16.shl {v} (i32.const {}))", to - from),
-        std::cmp::Ordering::Greater => format!("(i8x16.shr_u {v} (i32.const {}))", from - to),
-        std::cmp::Ordering::Equal => v.to_string(),
-    };
-    format!("(v128.and {shifted} {})", splat8(1 << to))
-}
-
-/// Low (`high = false`) or high nibbles of the byte lanes of `v`.
-fn nibble(v: &str, high: bool) -> String {
-    if high {
-        format!("(i8x16.shr_u {v} (i32.const 4))")
-    } else {
-        format!("(v128.and {v} {})", splat8(0x0F))
-    }
-}
-
-/// Bit 4 of each lane set where the lane's bit of the 32-bit mask `qh` is set,
-/// for lanes `first..first + 16` (Q5_0, Q5_1).
-fn fifth_bits(first: u32) -> String {
-    let byte = first / 8;
-    let indices: Vec<String> = (0..16).map(|j| (byte + j / 8).to_string()).collect();
-    let bits: Vec<String> = (0..16).map(|j| (1u32 << (j % 8)).to_string()).collect();
-    format!(
-        "(v128.and (i8x16.ne (v128.and (i8x16.swizzle (local.get $qh) (v128.const i8x16 {})) (v128.const i8x16 {})) (v128.const i64x2 0 0)) {})",
-        indices.join(" "),
-        bits.join(" "),
-        splat8(0x10)
-    )
-}
-
-/// IQ4's 16 levels as a v128 constant, for `i8x16.swizzle`.
-fn iq4_table() -> String {
-    let levels: Vec<String> = crate::kernels::IQ4_LEVELS
-        .iter()
-        .map(i8::to_string)
-        .collect();
-    format!("(v128.const i8x16 {})", levels.join(" "))
-}
-
 /// Group `g`'s x quant sum over all 32 elements (`half` None) or one half.
 fn x_sum(g: u32, half: Option<u32>) -> String {
     let field = half.map_or(12, |h| 4 + 4 * h);
@@ -165,356 +61,61 @@ fn x_sum(g: u32, half: Option<u32>) -> String {
     )
 }
 
-/// Group `g` of a block of `ty` at `$p` in memory `$m{m}`.
-fn group(ty: &str, m: u32, g: u32) -> Group {
-    let whole = |offset| Isum::Whole { offset };
-    match ty {
-        "Q4_0" | "Q4_1" => {
-            let at = if ty == "Q4_0" { 2 } else { 4 };
-            Group {
-                setup: format!("(local.set $w1 {})", load(m, at)),
-                lo: nibble("(local.get $w1)", false),
-                hi: nibble("(local.get $w1)", true),
-                unsigned: true,
-                isum: whole(if ty == "Q4_0" { 8 } else { 0 }),
-                a: D.to_string(),
-                min: (ty == "Q4_1").then(|| (DMIN.to_string(), x_sum(g, None))),
-            }
-        }
-        "Q5_0" | "Q5_1" => {
-            let at = if ty == "Q5_0" { 2 } else { 4 };
-            Group {
-                setup: format!(
-                    "(local.set $qh (i32x4.splat (i32.load $m{m} offset={at} (local.get $p)))) (local.set $w1 {})",
-                    load(m, at + 4)
-                ),
-                lo: format!(
-                    "(v128.or {} {})",
-                    nibble("(local.get $w1)", false),
-                    fifth_bits(0)
-                ),
-                hi: format!(
-                    "(v128.or {} {})",
-                    nibble("(local.get $w1)", true),
-                    fifth_bits(16)
-                ),
-                unsigned: true,
-                isum: whole(if ty == "Q5_0" { 16 } else { 0 }),
-                a: D.to_string(),
-                min: (ty == "Q5_1").then(|| (DMIN.to_string(), x_sum(g, None))),
-            }
-        }
-        "Q8_0" => Group {
-            setup: String::new(),
-            lo: load(m, 2),
-            hi: load(m, 18),
-            unsigned: false,
-            isum: whole(0),
-            a: D.to_string(),
-            min: None,
-        },
-        "IQ4_NL" => Group {
-            setup: format!("(local.set $w1 {})", load(m, 2)),
-            lo: format!(
-                "(i8x16.swizzle {} {})",
-                iq4_table(),
-                nibble("(local.get $w1)", false)
-            ),
-            hi: format!(
-                "(i8x16.swizzle {} {})",
-                iq4_table(),
-                nibble("(local.get $w1)", true)
-            ),
-            unsigned: false,
-            isum: whole(0),
-            a: D.to_string(),
-            min: None,
-        },
-        "IQ4_XS" => {
-            let low = format!(
-                "(i32.and (i32.shr_u {} (i32.const {})) (i32.const 15))",
-                byte(m, 4 + g / 2),
-                4 * (g % 2)
-            );
-            let high = format!(
-                "(i32.and (i32.shr_u (i32.load16_u $m{m} offset=2 (local.get $p)) (i32.const {})) (i32.const 3))",
-                2 * g
-            );
-            Group {
-                setup: format!("(local.set $w1 {})", load(m, 8 + 16 * g)),
-                lo: format!(
-                    "(i8x16.swizzle {} {})",
-                    iq4_table(),
-                    nibble("(local.get $w1)", false)
-                ),
-                hi: format!(
-                    "(i8x16.swizzle {} {})",
-                    iq4_table(),
-                    nibble("(local.get $w1)", true)
-                ),
-                unsigned: false,
-                isum: whole(0),
-                a: format!(
-                    "(f32.mul {} (f32.convert_i32_s (i32.sub (i32.or {low} (i32.shl {high} (i32.const 4))) (i32.const 32))))",
-                    D
-                ),
-                min: None,
-            }
-        }
-        "Q4_K" | "Q5_K" => {
-            // The 6-bit scale and min of group g, packed in the 12 bytes at 4.
-            let (scale, min) = if g < 4 {
-                (
-                    format!("(i32.and {} (i32.const 63))", byte(m, 4 + g)),
-                    format!("(i32.and {} (i32.const 63))", byte(m, 8 + g)),
-                )
-            } else {
-                let packed = byte(m, 12 + g - 4);
-                (
-                    format!(
-                        "(i32.or (i32.and {packed} (i32.const 15)) (i32.shl (i32.shr_u {} (i32.const 6)) (i32.const 4)))",
-                        byte(m, g)
-                    ),
-                    format!(
-                        "(i32.or (i32.shr_u {packed} (i32.const 4)) (i32.shl (i32.shr_u {} (i32.const 6)) (i32.const 4)))",
-                        byte(m, 4 + g)
-                    ),
-                )
-            };
-            let qs = if ty == "Q4_K" { 16 } else { 48 } + 32 * (g / 2);
-            let mut setup = String::new();
-            if g.is_multiple_of(2) {
-                setup += &format!(
-                    "(local.set $w1 {}) (local.set $w2 {})",
-                    load(m, qs),
-                    load(m, qs + 16)
-                );
-            }
-            let (mut lo, mut hi) = (
-                nibble("(local.get $w1)", g % 2 == 1),
-                nibble("(local.get $w2)", g % 2 == 1),
-            );
-            if ty == "Q5_K" {
-                if g == 0 {
-                    setup += &format!(
-                        "(local.set $h1 {}) (local.set $h2 {})",
-                        load(m, 16),
-                        load(m, 32)
-                    );
-                }
-                lo = format!("(v128.or {lo} {})", move_bit("(local.get $h1)", g, 4));
-                hi = format!("(v128.or {hi} {})", move_bit("(local.get $h2)", g, 4));
-            }
-            Group {
-                setup,
-                lo,
-                hi,
-                unsigned: true,
-                isum: whole(0),
-                a: format!("(f32.mul {} (f32.convert_i32_s {scale}))", D),
-                min: Some((
-                    format!("(f32.neg (f32.mul {} (f32.convert_i32_s {min})))", DMIN),
-                    x_sum(g, None),
-                )),
-            }
-        }
-        "Q6_K" => {
-            let (h, s) = (g / 4, g % 4);
-            let ql = h * 64 + 32 * (s % 2);
-            let mut setup = String::new();
-            if s < 2 {
-                setup += &format!(
-                    "(local.set ${} {}) (local.set ${} {})",
-                    if s == 0 { "w1" } else { "w3" },
-                    load(m, ql),
-                    if s == 0 { "w2" } else { "w4" },
-                    load(m, ql + 16)
-                );
-            }
-            if s == 0 {
-                setup += &format!(
-                    "(local.set $h1 {}) (local.set $h2 {})",
-                    load(m, 128 + 32 * h),
-                    load(m, 144 + 32 * h)
-                );
-            }
-            let (v1, v2) = if s % 2 == 0 {
-                ("$w1", "$w2")
-            } else {
-                ("$w3", "$w4")
-            };
-            let high = |v: &str| {
-                let shifted = match 2 * s {
-                    0 => format!("(i8x16.shl (local.get {v}) (i32.const 4))"),
-                    2 => format!("(i8x16.shl (local.get {v}) (i32.const 2))"),
-                    4 => format!("(local.get {v})"),
-                    _ => format!("(i8x16.shr_u (local.get {v}) (i32.const 2))"),
-                };
-                format!("(v128.and {shifted} {})", splat8(0x30))
-            };
-            Group {
-                setup,
-                lo: format!(
-                    "(v128.or {} {})",
-                    nibble(&format!("(local.get {v1})"), s >= 2),
-                    high("$h1")
-                ),
-                hi: format!(
-                    "(v128.or {} {})",
-                    nibble(&format!("(local.get {v2})"), s >= 2),
-                    high("$h2")
-                ),
-                unsigned: true,
-                isum: Isum::Halves {
-                    sa: format!("(i32.load8_s $m{m} offset={} (local.get $p))", 192 + 2 * g),
-                    sb: format!("(i32.load8_s $m{m} offset={} (local.get $p))", 193 + 2 * g),
-                    offset: 32,
-                },
-                a: D.to_string(),
-                min: None,
-            }
-        }
-        "Q2_K" => {
-            let (h, s) = (g / 4, g % 4);
-            let mut setup = String::new();
-            if s == 0 {
-                setup += &format!(
-                    "(local.set $w1 {}) (local.set $w2 {})",
-                    load(m, 16 + 32 * h),
-                    load(m, 32 + 32 * h)
-                );
-            }
-            let crumb = |v: &str| {
-                format!(
-                    "(v128.and (i8x16.shr_u (local.get {v}) (i32.const {})) {})",
-                    2 * s,
-                    splat8(3)
-                )
-            };
-            let (sa, sb) = (byte(m, 2 * g), byte(m, 2 * g + 1));
-            Group {
-                setup,
-                lo: crumb("$w1"),
-                hi: crumb("$w2"),
-                unsigned: true,
-                isum: Isum::Halves {
-                    sa: format!("(i32.and {sa} (i32.const 15))"),
-                    sb: format!("(i32.and {sb} (i32.const 15))"),
-                    offset: 0,
-                },
-                a: D.to_string(),
-                min: Some((
-                    format!("(f32.neg {})", DMIN),
-                    format!(
-                        "(i32.add (i32.mul (i32.shr_u {sa} (i32.const 4)) {})
-                                  (i32.mul (i32.shr_u {sb} (i32.const 4)) {}))",
-                        x_sum(g, Some(0)),
-                        x_sum(g, Some(1))
-                    ),
-                )),
-            }
-        }
-        "Q3_K" => {
-            let (h, s) = (g / 4, g % 4);
-            let mut setup = String::new();
-            if s == 0 {
-                setup += &format!(
-                    "(local.set $w1 {}) (local.set $w2 {})",
-                    load(m, 32 + 32 * h),
-                    load(m, 48 + 32 * h)
-                );
-            }
-            if g == 0 {
-                setup += &format!(
-                    "(local.set $h1 {}) (local.set $h2 {})",
-                    load(m, 0),
-                    load(m, 16)
-                );
-            }
-            let quant = |v: &str, hv: &str| {
-                format!(
-                    "(v128.or (v128.and (i8x16.shr_u (local.get {v}) (i32.const {})) {}) {})",
-                    2 * s,
-                    splat8(3),
-                    move_bit(&format!("(local.get {hv})"), g, 2)
-                )
-            };
-            let scale = |i: u32| {
-                format!(
-                    "(i32.sub (i32.or (i32.and (i32.shr_u {} (i32.const {})) (i32.const 15))
-                                      (i32.shl (i32.and (i32.shr_u {} (i32.const {})) (i32.const 3)) (i32.const 4))) (i32.const 32))",
-                    byte(m, 96 + i % 8),
-                    4 * (i / 8),
-                    byte(m, 104 + i % 4),
-                    2 * (i / 4)
-                )
-            };
-            Group {
-                setup,
-                lo: quant("$w1", "$h1"),
-                hi: quant("$w2", "$h2"),
-                unsigned: true,
-                isum: Isum::Halves {
-                    sa: scale(2 * g),
-                    sb: scale(2 * g + 1),
-                    offset: 4,
-                },
-                a: D.to_string(),
-                min: None,
-            }
-        }
-        other => unreachable!("no integer dot for {other}"),
-    }
-}
-
 /// The statements for group `g`: x quants at `$q + 32 g`, meta at `$g + 16 g`.
 fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
-    let gr = group(ty, m, g);
-    let (qa, qb, meta) = (32 * g, 32 * g + 16, META_BYTES * g);
-    let dx = format!("(f32.load $m0 offset={meta} (local.get $g))");
-    let isum = match &gr.isum {
-        Isum::Whole { offset } => {
-            let dots = format!(
-                "(i32x4.add {} {})",
-                dot16(&gr.lo, qa, gr.unsigned, dot),
-                dot16(&gr.hi, qb, gr.unsigned, dot)
-            );
-            if *offset == 0 {
-                lanes_sum(&dots)
+    let gr = quants::group(ty, m, g);
+    let (qa, qb) = (32 * g, 32 * g + 16);
+    let dx = format!("(f32.load $m0 offset={} (local.get $g))", META_BYTES * g);
+    let dot_a = dot16(&gr.lo, qa, gr.unsigned, dot);
+    let dot_b = dot16(&gr.hi, qb, gr.unsigned, dot);
+    let offset = gr.offset;
+    let (a, isum) = match &gr.scale {
+        Scale::Whole(a) => {
+            let dots = lanes_sum(&format!("(i32x4.add {dot_a} {dot_b})"));
+            let isum = if offset == 0 {
+                dots
             } else {
                 format!(
-                    "(i32.sub {} (i32.mul (i32.const {offset}) {}))",
-                    lanes_sum(&dots),
+                    "(i32.sub {dots} (i32.mul (i32.const {offset}) {}))",
                     x_sum(g, None)
                 )
-            }
+            };
+            (a, isum)
         }
-        Isum::Halves { sa, sb, offset } => {
-            let scaled = format!(
-                "(i32x4.add (i32x4.mul {} (i32x4.splat (local.tee $sa {sa}))) (i32x4.mul {} (i32x4.splat (local.tee $sb {sb}))))",
-                dot16(&gr.lo, qa, gr.unsigned, dot),
-                dot16(&gr.hi, qb, gr.unsigned, dot)
-            );
-            if *offset == 0 {
-                lanes_sum(&scaled)
+        Scale::Halves { a, sa, sb } => {
+            let scaled = lanes_sum(&format!(
+                "(i32x4.add (i32x4.mul {dot_a} (i32x4.splat (local.tee $sa {sa}))) (i32x4.mul {dot_b} (i32x4.splat (local.tee $sb {sb}))))"
+            ));
+            let isum = if offset == 0 {
+                scaled
             } else {
                 format!(
-                    "(i32.sub {} (i32.mul (i32.const {offset}) (i32.add
+                    "(i32.sub {scaled} (i32.mul (i32.const {offset}) (i32.add
                        (i32.mul (local.get $sa) {}) (i32.mul (local.get $sb) {}))))",
-                    lanes_sum(&scaled),
                     x_sum(g, Some(0)),
                     x_sum(g, Some(1))
                 )
-            }
+            };
+            (a, isum)
         }
     };
     let mut code = format!(
         "\n        {setup}
         (local.set $sum (f32.add (local.get $sum) (f32.mul (f32.mul {a} {dx}) (f32.convert_i32_s {isum}))))",
         setup = gr.setup,
-        a = gr.a
     );
-    if let Some((b, jsum)) = gr.min {
+    let min = gr.min.map(|min| match min {
+        Min::Whole(b) => (b, x_sum(g, None)),
+        Min::Halves { b, ma, mb } => (
+            b,
+            format!(
+                "(i32.add (i32.mul {ma} {}) (i32.mul {mb} {}))",
+                x_sum(g, Some(0)),
+                x_sum(g, Some(1))
+            ),
+        ),
+    });
+    if let Some((b, jsum)) = min {
         let _ = write!(
             code,
             "\n        (local.set $sum (f32.add (local.get $sum) (f32.mul (f32.mul {b} {dx}) (f32.convert_i32_s {jsum}))))"
@@ -528,7 +129,7 @@ fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
 fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) -> String {
     let m = shard + 1;
     let groups = (block / 32) as u32;
-    let body: String = block_scales(ty, m)
+    let body: String = quants::block_scales(ty, m)
         + &(0..groups)
             .map(|g| group_code(ty, m, g, dot))
             .collect::<String>();
@@ -639,57 +240,28 @@ const QUANTIZE_X: &str = r#"
 "#;
 
 /// The `matvec(tensor, first_row, rows, x, y, tmp)` export and its kernels
-/// for `types` (id, gguf-py name, block elements, block bytes), each per shard.
-/// `tmp` needs 4 bytes per element of x: x's quants and group metadata for
-/// quantized types, one dequantized row for float types.
-pub fn matvec_functions(shards: u32, types: &[&(u32, &str, u64, u64)], dot: DotProduct) -> String {
-    let is_float = |name: &str| matches!(name, "F32" | "F16" | "BF16");
-    let max_id = types.iter().map(|t| t.0).max().unwrap_or(0);
+/// for `types`, each per shard. `tmp` needs 4 bytes per element of x: x's
+/// quants and group metadata for quantized types, one dequantized row for
+/// float types.
+pub fn matvec_functions(shards: u32, types: &[&KernelType], dot: DotProduct) -> String {
     let mut wat = String::from(QUANTIZE_X);
     wat += r#"
   ;; y[r] = W[first + r] . x for rows [first, first + rows) of tensor $t.
-  (func (export "matvec") (param $t i32) (param $first i64) (param $rows i64) (param $x i32) (param $y i32) (param $tmp i32)
-    (local $e i32) (local $row_len i64) (local $row_bytes i64) (local $shard i32) (local $src i64)
-    (local.set $e (call $tensor_entry (local.get $t)))
-    (local.set $row_len (i64.load $m0 offset=24 (local.get $e)))
-    (local.set $shard (i32.load $m0 (local.get $e)))
-    (block $unsupported
-"#;
-    for (_, name, _, _) in types.iter().rev() {
-        let _ = writeln!(wat, "    (block $t_{name}");
-    }
-    let labels: String = (0..=max_id)
-        .map(|id| match types.iter().find(|t| t.0 == id) {
-            Some((_, name, _, _)) => format!("$t_{name} "),
-            None => "$unsupported ".to_string(),
-        })
-        .collect();
-    let _ = writeln!(
-        wat,
-        "      (br_table {labels}$unsupported (i32.load $m0 offset=4 (local.get $e))))"
-    );
-    for (_, name, block, size) in types {
-        let _ = writeln!(
-            wat,
-            "      (local.set $row_bytes (i64.mul (i64.div_u (local.get $row_len) (i64.const {block})) (i64.const {size})))
-      (call $check_rows (local.get $e) (local.get $first) (local.get $rows) (local.get $row_bytes))
-      (local.set $src (i64.add (i64.load $m0 offset=8 (local.get $e)) (i64.mul (local.get $first) (local.get $row_bytes))))"
-        );
-        if is_float(name) {
-            wat += "      (return (call $mv_float (local.get $t) (local.get $first) (local.get $rows) (local.get $x) (local.get $y) (local.get $tmp) (i32.wrap_i64 (local.get $row_len)))))\n";
+  (func (export "matvec") (param $t i32) (param $first i64) (param $rows i64) (param $x i32) (param $y i32) (param $tmp i32)"#;
+    wat += &quants::type_dispatch(types, |&(_, name, block, _)| {
+        if quants::is_float(name) {
+            "(return (call $mv_float (local.get $t) (local.get $first) (local.get $rows) (local.get $x) (local.get $y) (local.get $tmp) (i32.wrap_i64 (local.get $row_len))))".into()
         } else {
-            let _ = writeln!(
-                wat,
-                "      (call $quantize_x (local.get $x) (i32.wrap_i64 (local.get $row_len)) (local.get $tmp) (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))))
+            format!(
+                "(call $quantize_x (local.get $x) (i32.wrap_i64 (local.get $row_len)) (local.get $tmp) (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))))
       (return (call $mv_{name} (local.get $shard) (local.get $src) (local.get $rows) (local.get $row_bytes)
         (i32.wrap_i64 (i64.div_u (local.get $row_len) (i64.const {block}))) (local.get $tmp)
-        (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))) (local.get $y))))"
-            );
+        (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))) (local.get $y)))"
+            )
         }
-    }
-    wat += "    unreachable)\n";
+    });
     wat += MATVEC_FLOAT;
-    for (_, name, block, size) in types.iter().filter(|t| !is_float(t.1)) {
+    for &&(_, name, block, size) in types.iter().filter(|t| !quants::is_float(t.1)) {
         wat += &crate::shard_dispatch(
             &format!("$mv_{name}"),
             &format!("mv_{name}"),
@@ -706,7 +278,7 @@ pub fn matvec_functions(shards: u32, types: &[&(u32, &str, u64, u64)], dot: DotP
             shards,
         );
         for k in 0..shards {
-            wat += &row_loop(name, *block, *size, k, dot);
+            wat += &row_loop(name, block, size, k, dot);
         }
     }
     wat

@@ -11,6 +11,8 @@
 //! and `a`, `b` the group's weight scale and min in f32 (per type below).
 
 use half::f16;
+
+use crate::half;
 use shardload_gguf::GgmlType;
 
 /// Elements per group: the Q8_0 block of x, and a divisor of every block size.
@@ -60,7 +62,7 @@ pub fn quantize_input(x: &[f32]) -> QuantizedInput {
             q.push(quant);
         }
         groups.push(InputGroup {
-            d: f16::from_f32(d).to_f32(),
+            d: crate::f16_to_f32(f16::from_f32(d).to_bits()),
             half_sums,
         });
     }
@@ -87,10 +89,6 @@ pub const INTEGER_TYPES: &[GgmlType] = &[
 pub(crate) const IQ4_LEVELS: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
-
-fn half(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
 
 /// Σ w·q over each 16-element half of a group, exactly.
 #[inline(always)]

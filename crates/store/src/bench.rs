@@ -296,7 +296,7 @@ pub fn decode_step(model: &crate::OpenModel, store: &WeightStore) -> Result<Vec<
     let weights: Vec<usize> = (0..plan.tensors.len())
         .filter(|&t| plan.tensors[t].span.dims.len() == 2)
         .filter(|&t| {
-            shardload_guest::DEQUANTIZE_TYPES
+            shardload_guest::KERNEL_TYPES
                 .iter()
                 .any(|(_, ty, _, _)| *ty == plan.tensors[t].span.ty)
         })

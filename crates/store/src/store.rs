@@ -357,7 +357,7 @@ impl GuestInstance {
             .get(tensor)
             .ok_or_else(|| anyhow!("no tensor {tensor}"))?;
         let (ty, dims) = &self.types[tensor];
-        if !shardload_guest::DEQUANTIZE_TYPES
+        if !shardload_guest::KERNEL_TYPES
             .iter()
             .any(|(_, t, _, _)| t == ty)
         {

@@ -1,0 +1,488 @@
+//! The quantized block formats, unpacked with SIMD128: for each 32-element
+//! *group* of a block, its quants as two i8x16 vectors and the scales that
+//! turn them into weights. `dequantize` and `matvec` are both written over
+//! this one description of each format.
+
+use std::fmt::Write;
+
+/// A type the guest has kernels for: (ggml type id, gguf-py name, elements
+/// per block, bytes per block).
+pub type KernelType = (u32, &'static str, u64, u64);
+
+/// Every type the guest has kernels for; the host refuses any other by name.
+pub const KERNEL_TYPES: &[KernelType] = &[
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (30, "BF16", 1, 2),
+    (2, "Q4_0", 32, 18),
+    (3, "Q4_1", 32, 20),
+    (6, "Q5_0", 32, 22),
+    (7, "Q5_1", 32, 24),
+    (8, "Q8_0", 32, 34),
+    (10, "Q2_K", 256, 84),
+    (11, "Q3_K", 256, 110),
+    (12, "Q4_K", 256, 144),
+    (13, "Q5_K", 256, 176),
+    (14, "Q6_K", 256, 210),
+    (20, "IQ4_NL", 32, 18),
+    (23, "IQ4_XS", 256, 136),
+];
+
+/// The float types: converted element by element, not unpacked in groups.
+pub(crate) fn is_float(name: &str) -> bool {
+    matches!(name, "F32" | "F16" | "BF16")
+}
+
+/// The body of an export `(param $t i32) (param $first i64) (param $rows i64) ...`
+/// over rows of tensor `$t`: finds its entry, checks the rows lie inside it,
+/// sets `$row_len`, `$row_bytes`, `$shard` and `$src` (the rows' first byte
+/// in the shard), then runs `arm(type)`, which must return; a type not in
+/// `types` traps.
+pub(crate) fn type_dispatch(types: &[&KernelType], arm: impl Fn(&KernelType) -> String) -> String {
+    let mut wat = String::from(
+        r#"
+    (local $e i32) (local $row_len i64) (local $row_bytes i64) (local $shard i32) (local $src i64)
+    (local.set $e (call $tensor_entry (local.get $t)))
+    (local.set $row_len (i64.load $m0 offset=24 (local.get $e)))
+    (local.set $shard (i32.load $m0 (local.get $e)))
+    (block $unsupported
+"#,
+    );
+    for ty in types.iter().rev() {
+        let _ = writeln!(wat, "    (block $t_{}", ty.1);
+    }
+    let max_id = types.iter().map(|t| t.0).max().unwrap_or(0);
+    let labels: String = (0..=max_id)
+        .map(|id| match types.iter().find(|t| t.0 == id) {
+            Some(ty) => format!("$t_{} ", ty.1),
+            None => "$unsupported ".to_string(),
+        })
+        .collect();
+    // The br_table closes the innermost block; each arm closes the next one out.
+    let _ = writeln!(
+        wat,
+        "      (br_table {labels}$unsupported (i32.load $m0 offset=4 (local.get $e))))"
+    );
+    for ty in types {
+        let &(_, _, block, size) = *ty;
+        let _ = writeln!(
+            wat,
+            "      (local.set $row_bytes (i64.mul (i64.div_u (local.get $row_len) (i64.const {block})) (i64.const {size})))
+      (call $check_rows (local.get $e) (local.get $first) (local.get $rows) (local.get $row_bytes))
+      (local.set $src (i64.add (i64.load $m0 offset=8 (local.get $e)) (i64.mul (local.get $first) (local.get $row_bytes))))
+      {})",
+            arm(ty)
+        );
+    }
+    wat + "    unreachable)
+"
+}
+
+/// IQ4_NL's and IQ4_XS's 16 non-linear levels.
+const IQ4_LEVELS: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// One group of a block: weight `j` is `A_h · (quant_j − offset) + B_h`, h
+/// the 16-element half j lies in (gguf-py's f32 operations, in its order).
+pub(crate) struct Group {
+    /// Statements run first (loads into locals, shared by later groups).
+    pub setup: String,
+    /// i8x16 quants of elements 0..16 and 16..32.
+    pub lo: String,
+    pub hi: String,
+    /// Whether every quant is in 0..=127 (relaxed SIMD's i7 operand).
+    pub unsigned: bool,
+    /// Subtracted from each quant (in integers) before scaling.
+    pub offset: i32,
+    /// `A_h`.
+    pub scale: Scale,
+    /// `B_h`, for types with a min.
+    pub min: Option<Min>,
+}
+
+/// A group's multiplier: one f32 for all 32 elements, or `a · s_h` with an
+/// integer scale per 16-element half.
+pub(crate) enum Scale {
+    Whole(String),
+    Halves { a: String, sa: String, sb: String },
+}
+
+/// A group's added term: one f32, or `b · m_h` with an integer min per half.
+pub(crate) enum Min {
+    Whole(String),
+    Halves { b: String, ma: String, mb: String },
+}
+
+/// Emits a v128 constant with 16 equal bytes.
+pub(crate) fn splat8(byte: u8) -> String {
+    format!(
+        "(v128.const i8x16 {})",
+        vec![byte.to_string(); 16].join(" ")
+    )
+}
+
+/// The block's scale and min, converted from f16 once per block, before any
+/// vector is live: every v128 is caller-saved, so a call between groups
+/// would spill them all.
+pub(crate) const D: &str = "(local.get $d)";
+pub(crate) const DMIN: &str = "(local.get $dmin)";
+
+/// Statements that set `$d` (and `$dmin`) from a block of `ty` at `$p`.
+pub(crate) fn block_scales(ty: &str, m: u32) -> String {
+    let (d, dmin) = match ty {
+        "Q6_K" => (208, None),
+        "Q2_K" => (80, Some(82)),
+        "Q3_K" => (108, None),
+        "Q4_1" | "Q5_1" | "Q4_K" | "Q5_K" => (0, Some(2)),
+        _ => (0, None),
+    };
+    let half = |at: u32| format!("(call $f16 (i32.load16_u $m{m} offset={at} (local.get $p)))");
+    let mut code = format!("\n        (local.set $d {})", half(d));
+    if let Some(at) = dmin {
+        code += &format!(" (local.set $dmin {})", half(at));
+    }
+    code
+}
+
+fn byte(m: u32, at: u32) -> String {
+    format!("(i32.load8_u $m{m} offset={at} (local.get $p))")
+}
+
+fn load(m: u32, at: u32) -> String {
+    format!("(v128.load $m{m} offset={at} (local.get $p))")
+}
+
+/// Byte lanes of `v` shifted so bit `from` lands on bit `to`, masked to bit `to`.
+fn move_bit(v: &str, from: u32, to: u32) -> String {
+    let shifted = match from.cmp(&to) {
+        std::cmp::Ordering::Less => format!("(i8x16.shl {v} (i32.const {}))", to - from),
+        std::cmp::Ordering::Greater => format!("(i8x16.shr_u {v} (i32.const {}))", from - to),
+        std::cmp::Ordering::Equal => v.to_string(),
+    };
+    format!("(v128.and {shifted} {})", splat8(1 << to))
+}
+
+/// Low (`high = false`) or high nibbles of the byte lanes of `v`.
+fn nibble(v: &str, high: bool) -> String {
+    if high {
+        format!("(i8x16.shr_u {v} (i32.const 4))")
+    } else {
+        format!("(v128.and {v} {})", splat8(0x0F))
+    }
+}
+
+/// Bit 4 of each lane set where the lane's bit of the 32-bit mask `qh` is set,
+/// for lanes `first..first + 16` (Q5_0, Q5_1).
+fn fifth_bits(first: u32) -> String {
+    let byte = first / 8;
+    let indices: Vec<String> = (0..16).map(|j| (byte + j / 8).to_string()).collect();
+    let bits: Vec<String> = (0..16).map(|j| (1u32 << (j % 8)).to_string()).collect();
+    format!(
+        "(v128.and (i8x16.ne (v128.and (i8x16.swizzle (local.get $qh) (v128.const i8x16 {})) (v128.const i8x16 {})) (v128.const i64x2 0 0)) {})",
+        indices.join(" "),
+        bits.join(" "),
+        splat8(0x10)
+    )
+}
+
+/// IQ4's 16 levels as a v128 constant, for `i8x16.swizzle`.
+fn iq4_table() -> String {
+    let levels: Vec<String> = IQ4_LEVELS.iter().map(i8::to_string).collect();
+    format!("(v128.const i8x16 {})", levels.join(" "))
+}
+
+/// Group `g` of a block of `ty` at `$p` in memory `$m{m}`.
+pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
+    match ty {
+        "Q4_0" | "Q4_1" => {
+            let at = if ty == "Q4_0" { 2 } else { 4 };
+            Group {
+                setup: format!("(local.set $w1 {})", load(m, at)),
+                lo: nibble("(local.get $w1)", false),
+                hi: nibble("(local.get $w1)", true),
+                unsigned: true,
+                offset: if ty == "Q4_0" { 8 } else { 0 },
+                scale: Scale::Whole(D.into()),
+                min: (ty == "Q4_1").then(|| Min::Whole(DMIN.into())),
+            }
+        }
+        "Q5_0" | "Q5_1" => {
+            let at = if ty == "Q5_0" { 2 } else { 4 };
+            Group {
+                setup: format!(
+                    "(local.set $qh (i32x4.splat (i32.load $m{m} offset={at} (local.get $p)))) (local.set $w1 {})",
+                    load(m, at + 4)
+                ),
+                lo: format!(
+                    "(v128.or {} {})",
+                    nibble("(local.get $w1)", false),
+                    fifth_bits(0)
+                ),
+                hi: format!(
+                    "(v128.or {} {})",
+                    nibble("(local.get $w1)", true),
+                    fifth_bits(16)
+                ),
+                unsigned: true,
+                offset: if ty == "Q5_0" { 16 } else { 0 },
+                scale: Scale::Whole(D.into()),
+                min: (ty == "Q5_1").then(|| Min::Whole(DMIN.into())),
+            }
+        }
+        "Q8_0" => Group {
+            setup: String::new(),
+            lo: load(m, 2),
+            hi: load(m, 18),
+            unsigned: false,
+            offset: 0,
+            scale: Scale::Whole(D.into()),
+            min: None,
+        },
+        "IQ4_NL" => Group {
+            setup: format!("(local.set $w1 {})", load(m, 2)),
+            lo: format!(
+                "(i8x16.swizzle {} {})",
+                iq4_table(),
+                nibble("(local.get $w1)", false)
+            ),
+            hi: format!(
+                "(i8x16.swizzle {} {})",
+                iq4_table(),
+                nibble("(local.get $w1)", true)
+            ),
+            unsigned: false,
+            offset: 0,
+            scale: Scale::Whole(D.into()),
+            min: None,
+        },
+        "IQ4_XS" => {
+            let low = format!(
+                "(i32.and (i32.shr_u {} (i32.const {})) (i32.const 15))",
+                byte(m, 4 + g / 2),
+                4 * (g % 2)
+            );
+            let high = format!(
+                "(i32.and (i32.shr_u (i32.load16_u $m{m} offset=2 (local.get $p)) (i32.const {})) (i32.const 3))",
+                2 * g
+            );
+            Group {
+                setup: format!("(local.set $w1 {})", load(m, 8 + 16 * g)),
+                lo: format!(
+                    "(i8x16.swizzle {} {})",
+                    iq4_table(),
+                    nibble("(local.get $w1)", false)
+                ),
+                hi: format!(
+                    "(i8x16.swizzle {} {})",
+                    iq4_table(),
+                    nibble("(local.get $w1)", true)
+                ),
+                unsigned: false,
+                offset: 0,
+                scale: Scale::Whole(format!(
+                    "(f32.mul {D} (f32.convert_i32_s (i32.sub (i32.or {low} (i32.shl {high} (i32.const 4))) (i32.const 32))))"
+                )),
+                min: None,
+            }
+        }
+        "Q4_K" | "Q5_K" => {
+            // The 6-bit scale and min of group g, packed in the 12 bytes at 4.
+            let (scale, min) = if g < 4 {
+                (
+                    format!("(i32.and {} (i32.const 63))", byte(m, 4 + g)),
+                    format!("(i32.and {} (i32.const 63))", byte(m, 8 + g)),
+                )
+            } else {
+                let packed = byte(m, 12 + g - 4);
+                (
+                    format!(
+                        "(i32.or (i32.and {packed} (i32.const 15)) (i32.shl (i32.shr_u {} (i32.const 6)) (i32.const 4)))",
+                        byte(m, g)
+                    ),
+                    format!(
+                        "(i32.or (i32.shr_u {packed} (i32.const 4)) (i32.shl (i32.shr_u {} (i32.const 6)) (i32.const 4)))",
+                        byte(m, 4 + g)
+                    ),
+                )
+            };
+            let qs = if ty == "Q4_K" { 16 } else { 48 } + 32 * (g / 2);
+            let mut setup = String::new();
+            if g.is_multiple_of(2) {
+                setup += &format!(
+                    "(local.set $w1 {}) (local.set $w2 {})",
+                    load(m, qs),
+                    load(m, qs + 16)
+                );
+            }
+            let (mut lo, mut hi) = (
+                nibble("(local.get $w1)", g % 2 == 1),
+                nibble("(local.get $w2)", g % 2 == 1),
+            );
+            if ty == "Q5_K" {
+                if g == 0 {
+                    setup += &format!(
+                        "(local.set $h1 {}) (local.set $h2 {})",
+                        load(m, 16),
+                        load(m, 32)
+                    );
+                }
+                lo = format!("(v128.or {lo} {})", move_bit("(local.get $h1)", g, 4));
+                hi = format!("(v128.or {hi} {})", move_bit("(local.get $h2)", g, 4));
+            }
+            Group {
+                setup,
+                lo,
+                hi,
+                unsigned: true,
+                offset: 0,
+                scale: Scale::Whole(format!("(f32.mul {D} (f32.convert_i32_s {scale}))")),
+                min: Some(Min::Whole(format!(
+                    "(f32.neg (f32.mul {DMIN} (f32.convert_i32_s {min})))"
+                ))),
+            }
+        }
+        "Q6_K" => {
+            let (h, s) = (g / 4, g % 4);
+            let ql = h * 64 + 32 * (s % 2);
+            let mut setup = String::new();
+            if s < 2 {
+                setup += &format!(
+                    "(local.set ${} {}) (local.set ${} {})",
+                    if s == 0 { "w1" } else { "w3" },
+                    load(m, ql),
+                    if s == 0 { "w2" } else { "w4" },
+                    load(m, ql + 16)
+                );
+            }
+            if s == 0 {
+                setup += &format!(
+                    "(local.set $h1 {}) (local.set $h2 {})",
+                    load(m, 128 + 32 * h),
+                    load(m, 144 + 32 * h)
+                );
+            }
+            let (v1, v2) = if s % 2 == 0 {
+                ("$w1", "$w2")
+            } else {
+                ("$w3", "$w4")
+            };
+            let high = |v: &str| {
+                let shifted = match 2 * s {
+                    0 => format!("(i8x16.shl (local.get {v}) (i32.const 4))"),
+                    2 => format!("(i8x16.shl (local.get {v}) (i32.const 2))"),
+                    4 => format!("(local.get {v})"),
+                    _ => format!("(i8x16.shr_u (local.get {v}) (i32.const 2))"),
+                };
+                format!("(v128.and {shifted} {})", splat8(0x30))
+            };
+            Group {
+                setup,
+                lo: format!(
+                    "(v128.or {} {})",
+                    nibble(&format!("(local.get {v1})"), s >= 2),
+                    high("$h1")
+                ),
+                hi: format!(
+                    "(v128.or {} {})",
+                    nibble(&format!("(local.get {v2})"), s >= 2),
+                    high("$h2")
+                ),
+                unsigned: true,
+                offset: 32,
+                scale: Scale::Halves {
+                    a: D.into(),
+                    sa: format!("(i32.load8_s $m{m} offset={} (local.get $p))", 192 + 2 * g),
+                    sb: format!("(i32.load8_s $m{m} offset={} (local.get $p))", 193 + 2 * g),
+                },
+                min: None,
+            }
+        }
+        "Q2_K" => {
+            let (h, s) = (g / 4, g % 4);
+            let mut setup = String::new();
+            if s == 0 {
+                setup += &format!(
+                    "(local.set $w1 {}) (local.set $w2 {})",
+                    load(m, 16 + 32 * h),
+                    load(m, 32 + 32 * h)
+                );
+            }
+            let crumb = |v: &str| {
+                format!(
+                    "(v128.and (i8x16.shr_u (local.get {v}) (i32.const {})) {})",
+                    2 * s,
+                    splat8(3)
+                )
+            };
+            let (sa, sb) = (byte(m, 2 * g), byte(m, 2 * g + 1));
+            Group {
+                setup,
+                lo: crumb("$w1"),
+                hi: crumb("$w2"),
+                unsigned: true,
+                offset: 0,
+                scale: Scale::Halves {
+                    a: D.into(),
+                    sa: format!("(i32.and {sa} (i32.const 15))"),
+                    sb: format!("(i32.and {sb} (i32.const 15))"),
+                },
+                min: Some(Min::Halves {
+                    b: format!("(f32.neg {DMIN})"),
+                    ma: format!("(i32.shr_u {sa} (i32.const 4))"),
+                    mb: format!("(i32.shr_u {sb} (i32.const 4))"),
+                }),
+            }
+        }
+        "Q3_K" => {
+            let (h, s) = (g / 4, g % 4);
+            let mut setup = String::new();
+            if s == 0 {
+                setup += &format!(
+                    "(local.set $w1 {}) (local.set $w2 {})",
+                    load(m, 32 + 32 * h),
+                    load(m, 48 + 32 * h)
+                );
+            }
+            if g == 0 {
+                setup += &format!(
+                    "(local.set $h1 {}) (local.set $h2 {})",
+                    load(m, 0),
+                    load(m, 16)
+                );
+            }
+            let quant = |v: &str, hv: &str| {
+                format!(
+                    "(v128.or (v128.and (i8x16.shr_u (local.get {v}) (i32.const {})) {}) {})",
+                    2 * s,
+                    splat8(3),
+                    move_bit(&format!("(local.get {hv})"), g, 2)
+                )
+            };
+            let scale = |i: u32| {
+                format!(
+                    "(i32.sub (i32.or (i32.and (i32.shr_u {} (i32.const {})) (i32.const 15))
+                                      (i32.shl (i32.and (i32.shr_u {} (i32.const {})) (i32.const 3)) (i32.const 4))) (i32.const 32))",
+                    byte(m, 96 + i % 8),
+                    4 * (i / 8),
+                    byte(m, 104 + i % 4),
+                    2 * (i / 4)
+                )
+            };
+            Group {
+                setup,
+                lo: quant("$w1", "$h1"),
+                hi: quant("$w2", "$h2"),
+                unsigned: true,
+                offset: 4,
+                scale: Scale::Halves {
+                    a: D.into(),
+                    sa: scale(2 * g),
+                    sb: scale(2 * g + 1),
+                },
+                min: None,
+            }
+        }
+        other => unreachable!("no quantized kernel for {other}"),
+    }
+}
