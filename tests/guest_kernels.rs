@@ -111,29 +111,43 @@ fn real_tensors(name: &str) {
     }
 }
 
-#[test]
-fn types_without_a_kernel_are_refused_by_name_never_wrong_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("exotic.gguf");
+/// Writes a model of `tensors` (name, type, dims), filled by `fill`, into
+/// `dir`, and instantiates a guest over it (one shard).
+fn guest_over(
+    dir: &std::path::Path,
+    tensors: &[(&str, shardload_gguf::GgmlType, &[u64])],
+    fill: &mut dyn FnMut(usize, u64, &mut [u8]),
+) -> (std::path::PathBuf, shardload_store::GuestInstance) {
+    let path = dir.join("model.gguf");
     let mut writer = shardload_gguf::GgufWriter::new();
-    writer
-        .kv(
-            "general.architecture",
-            shardload_gguf::Value::String("test".into()),
-        )
-        .tensor("a", shardload_gguf::GgmlType::IQ2_XXS, &[256, 2])
-        .tensor("b", shardload_gguf::GgmlType::Q4_K, &[256, 2]);
-    writer
-        .write(&path, Some(&mut |_, _, buf: &mut [u8]| buf.fill(0)))
-        .unwrap();
+    writer.kv(
+        "general.architecture",
+        shardload_gguf::Value::String("test".into()),
+    );
+    for &(name, ty, dims) in tensors {
+        writer.tensor(name, ty, dims);
+    }
+    writer.write(&path, Some(fill)).unwrap();
     let plan = OpenModel::open(&path)
         .unwrap()
         .plan(&PlanOptions::default())
         .unwrap();
-    let (mut guest, _) = WeightStore::new(plan, LoadMode::Mmap)
+    let (guest, _) = WeightStore::new(plan, LoadMode::Mmap)
         .unwrap()
         .instantiate()
         .unwrap();
+    (path, guest)
+}
+
+#[test]
+fn types_without_a_kernel_are_refused_by_name_never_wrong_numbers() {
+    use shardload_gguf::GgmlType::{IQ2_XXS, Q4_K};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut guest) = guest_over(
+        dir.path(),
+        &[("a", IQ2_XXS, &[256, 2]), ("b", Q4_K, &[256, 2])],
+        &mut |_, _, buf: &mut [u8]| buf.fill(0),
+    );
     let error = guest.dequantize(0, 0, 1).unwrap_err().to_string();
     assert!(
         error.contains("unsupported type IQ2_XXS in tensor a"),
@@ -146,24 +160,19 @@ fn types_without_a_kernel_are_refused_by_name_never_wrong_numbers() {
 fn float_rows_of_any_length_convert_exactly_as_gguf_py_does_every_bit_pattern() {
     // Rows of 13: one 8-lane step and a 5-element tail per row; the fill walks
     // through all 65536 f16 and bf16 bit patterns (NaN payloads included).
+    use shardload_gguf::GgmlType::{BF16, F16};
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("floats.gguf");
-    let mut writer = shardload_gguf::GgufWriter::new();
-    writer
-        .kv(
-            "general.architecture",
-            shardload_gguf::Value::String("test".into()),
-        )
-        .tensor("f16", shardload_gguf::GgmlType::F16, &[13, 5042])
-        .tensor("bf16", shardload_gguf::GgmlType::BF16, &[13, 5042]);
     let mut next = 0u16;
-    let mut fill = |_: usize, _: u64, buf: &mut [u8]| {
-        for pair in buf.chunks_mut(2) {
-            pair.copy_from_slice(&next.to_le_bytes()[..pair.len()]);
-            next = next.wrapping_add(1);
-        }
-    };
-    writer.write(&path, Some(&mut fill)).unwrap();
+    let (path, mut guest) = guest_over(
+        dir.path(),
+        &[("f16", F16, &[13, 5042]), ("bf16", BF16, &[13, 5042])],
+        &mut |_, _, buf: &mut [u8]| {
+            for pair in buf.chunks_mut(2) {
+                pair.copy_from_slice(&next.to_le_bytes()[..pair.len()]);
+                next = next.wrapping_add(1);
+            }
+        },
+    );
     let reference = shardload_suite::gguf_ref(&[
         "dequantize",
         path.to_str().unwrap(),
@@ -171,14 +180,6 @@ fn float_rows_of_any_length_convert_exactly_as_gguf_py_does_every_bit_pattern() 
         "bf16:0:5042",
     ]);
     let file = GgufFile::open(&path).unwrap();
-    let plan = OpenModel::open(&path)
-        .unwrap()
-        .plan(&PlanOptions::default())
-        .unwrap();
-    let (mut guest, _) = WeightStore::new(plan, LoadMode::Mmap)
-        .unwrap()
-        .instantiate()
-        .unwrap();
     for (i, t) in file.tensors().iter().enumerate() {
         let hex = reference[&format!("{}:0:5042", t.name)].as_str().unwrap();
         let expected: Vec<u32> = (0..hex.len())

@@ -239,50 +239,41 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
             scale: Scale::Whole(D.into()),
             min: None,
         },
-        "IQ4_NL" => Group {
-            setup: format!("(local.set $w1 {})", load(m, 2)),
-            lo: format!(
-                "(i8x16.swizzle {} {})",
-                iq4_table(),
-                nibble("(local.get $w1)", false)
-            ),
-            hi: format!(
-                "(i8x16.swizzle {} {})",
-                iq4_table(),
-                nibble("(local.get $w1)", true)
-            ),
-            unsigned: false,
-            offset: 0,
-            scale: Scale::Whole(D.into()),
-            min: None,
-        },
-        "IQ4_XS" => {
-            let low = format!(
-                "(i32.and (i32.shr_u {} (i32.const {})) (i32.const 15))",
-                byte(m, 4 + g / 2),
-                4 * (g % 2)
-            );
-            let high = format!(
-                "(i32.and (i32.shr_u (i32.load16_u $m{m} offset=2 (local.get $p)) (i32.const {})) (i32.const 3))",
-                2 * g
-            );
+        "IQ4_NL" | "IQ4_XS" => {
+            let (qs, scale) = if ty == "IQ4_NL" {
+                (2, D.to_string())
+            } else {
+                // IQ4_XS: group g's 6-bit scale, low 4 bits at 4, high 2 at 2.
+                let low = format!(
+                    "(i32.and (i32.shr_u {} (i32.const {})) (i32.const 15))",
+                    byte(m, 4 + g / 2),
+                    4 * (g % 2)
+                );
+                let high = format!(
+                    "(i32.and (i32.shr_u (i32.load16_u $m{m} offset=2 (local.get $p)) (i32.const {})) (i32.const 3))",
+                    2 * g
+                );
+                (
+                    8 + 16 * g,
+                    format!(
+                        "(f32.mul {D} (f32.convert_i32_s (i32.sub (i32.or {low} (i32.shl {high} (i32.const 4))) (i32.const 32))))"
+                    ),
+                )
+            };
+            let level = |high| {
+                format!(
+                    "(i8x16.swizzle {} {})",
+                    iq4_table(),
+                    nibble("(local.get $w1)", high)
+                )
+            };
             Group {
-                setup: format!("(local.set $w1 {})", load(m, 8 + 16 * g)),
-                lo: format!(
-                    "(i8x16.swizzle {} {})",
-                    iq4_table(),
-                    nibble("(local.get $w1)", false)
-                ),
-                hi: format!(
-                    "(i8x16.swizzle {} {})",
-                    iq4_table(),
-                    nibble("(local.get $w1)", true)
-                ),
+                setup: format!("(local.set $w1 {})", load(m, qs)),
+                lo: level(false),
+                hi: level(true),
                 unsigned: false,
                 offset: 0,
-                scale: Scale::Whole(format!(
-                    "(f32.mul {D} (f32.convert_i32_s (i32.sub (i32.or {low} (i32.shl {high} (i32.const 4))) (i32.const 32))))"
-                )),
+                scale: Scale::Whole(scale),
                 min: None,
             }
         }

@@ -69,21 +69,11 @@ pub fn quantize_input(x: &[f32]) -> QuantizedInput {
     QuantizedInput { q, groups }
 }
 
-/// The types with an integer row dot; float types take the exact f32 path.
-pub const INTEGER_TYPES: &[GgmlType] = &[
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_NL,
-    GgmlType::IQ4_XS,
-];
+/// Whether `ty` has an integer row dot: every supported type but the float
+/// ones, which take the exact f32 path.
+pub fn has_integer_dot(ty: GgmlType) -> bool {
+    crate::SUPPORTED.contains(&ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
 
 /// The 16 non-linear levels of IQ4_NL and IQ4_XS.
 pub(crate) const IQ4_LEVELS: [i8; 16] = [

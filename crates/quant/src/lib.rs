@@ -29,7 +29,7 @@ pub const SUPPORTED: &[GgmlType] = &[
 mod dot;
 
 use dot::IQ4_LEVELS;
-pub use dot::{GROUP, INTEGER_TYPES, InputGroup, QuantizedInput, quantize_input, row_dot};
+pub use dot::{GROUP, InputGroup, QuantizedInput, has_integer_dot, quantize_input, row_dot};
 
 /// Why a dequantization was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,7 +249,7 @@ fn iq4_xs(b: &[u8], y: &mut [f32]) {
 /// `x.len()` elements): the native matvec the guest's is measured against,
 /// and the same algorithm operation for operation, so the two agree bit for bit.
 ///
-/// Quantized types ([`INTEGER_TYPES`]) take the integer path of llama.cpp
+/// Quantized types ([`has_integer_dot`]) take the integer path of llama.cpp
 /// (see [`row_dot`]): `x` is quantized to Q8_0 once, each row is dotted with
 /// it exactly in integers, 32 elements at a time, and a few f32 operations
 /// per group scale the sums. Against `x̃`, gguf-py's Q8_0 round trip of `x`,
@@ -277,7 +277,7 @@ pub fn matvec(ty: GgmlType, rows: &[u8], x: &[f32], y: &mut [f32]) -> Result<(),
             out: x.len() * y.len(),
         });
     }
-    if INTEGER_TYPES.contains(&ty) {
+    if has_integer_dot(ty) {
         let input = quantize_input(x);
         for (row, y) in rows.chunks_exact(row_bytes).zip(y.iter_mut()) {
             *y = row_dot(ty, row, &input);
