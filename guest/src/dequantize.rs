@@ -7,32 +7,36 @@ use std::fmt::Write;
 
 use crate::quants::{self, KernelType, Min, Scale};
 
-/// Functions every kernel uses: exact f16 -> f32 (scalar and four lanes), and
-/// the row check of the exports.
-const SHARED: &str = r#"
-  ;; f16 bits -> f32, exactly: shift the magnitude into f32 position and
-  ;; rescale by 2^112 (exact for normals and subnormals); infinities and NaNs
-  ;; keep an all-ones exponent; the sign is copied.
-  (func $f16 (param $h i32) (result f32)
-    (local $bits i32)
-    (local.set $bits (i32.shl (i32.and (local.get $h) (i32.const 0x7fff)) (i32.const 13)))
-    (f32.reinterpret_i32 (i32.or
-      (i32.shl (i32.and (local.get $h) (i32.const 0x8000)) (i32.const 16))
-      (if (result i32) (i32.eq (i32.and (local.get $h) (i32.const 0x7c00)) (i32.const 0x7c00))
-        (then (i32.or (local.get $bits) (i32.const 0x7f800000)))
-        (else (i32.reinterpret_f32 (f32.mul (f32.reinterpret_i32 (local.get $bits)) (f32.const 0x1p112))))))))
+/// `$f16`: f16 bits to f32 exactly, as a function (for the tails of F16 rows
+/// and `matvec`'s x scales; block scales are converted inline).
+fn f16_function() -> String {
+    format!(
+        "
+  (func $f16 (param $half i32) (result f32)
+    (local $bits i32) (local $f f32){}
+    (local.get $f))",
+        quants::f16_inline("$f", "(local.get $half)")
+    )
+}
 
-  ;; $f16 on four lanes of f16 bits (zero-extended to i32).
+/// Functions every kernel uses besides `$f16`: it on four lanes, and the row
+/// check of the exports.
+const SHARED: &str = r#"
+  ;; $f16 on four lanes of f16 bits (zero-extended to i32), the same way.
   (func $f16x4 (param $h v128) (result v128)
-    (local $bits v128)
+    (local $bits v128) (local $exponent v128)
     (local.set $bits (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)) (i32.const 13)))
+    (local.set $exponent (v128.and (local.get $h) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))
     (v128.or
       (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))
       (v128.bitselect
         (v128.or (local.get $bits) (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
-        (f32x4.mul (local.get $bits) (f32x4.splat (f32.const 0x1p112)))
-        (i32x4.eq (v128.and (local.get $h) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00))
-                  (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))))
+        (v128.bitselect
+          (f32x4.mul (f32x4.convert_i32x4_u (v128.and (local.get $h) (v128.const i32x4 0x3ff 0x3ff 0x3ff 0x3ff)))
+                     (f32x4.splat (f32.const 0x1p-24)))
+          (i32x4.add (local.get $bits) (v128.const i32x4 0x38000000 0x38000000 0x38000000 0x38000000))
+          (i32x4.eq (local.get $exponent) (v128.const i64x2 0 0)))
+        (i32x4.eq (local.get $exponent) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))))
 
   ;; Traps unless rows [first, first + rows) lie inside the tensor.
   (func $check_rows (param $e i32) (param $first i64) (param $rows i64) (param $row_bytes i64)
@@ -154,7 +158,7 @@ fn kernel(ty: &KernelType, shard: u32) -> String {
             let groups: String = (0..(block / 32) as u32).map(|g| group_code(name, m, g)).collect();
             format!(
                 r#"{header}
-    (local $d f32) (local $dmin f32) (local $sa i32) (local $sb i32) (local $scale v128) (local $min v128)
+    (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32) (local $scale v128) (local $min v128)
     (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128) (local $t v128)
     (block $done
       (loop $blocks
@@ -173,7 +177,7 @@ fn kernel(ty: &KernelType, shard: u32) -> String {
 /// The `dequantize(tensor, first_row, rows, out)` export and a kernel per
 /// shard for each of `types`, plus the functions all kernels share.
 pub fn dequantize_functions(shards: u32, types: &[&KernelType]) -> String {
-    let mut wat = String::from(SHARED);
+    let mut wat = f16_function() + SHARED;
     wat += r#"
   ;; Rows [first, first + rows) of tensor $t as f32 at scratch offset $out.
   (func $dequantize (export "dequantize") (param $t i32) (param $first i64) (param $rows i64) (param $out i32)"#;

@@ -45,10 +45,14 @@ fn dot16(w: &str, at: u32, unsigned: bool, dot: DotProduct) -> String {
 }
 
 /// The sum of an i32x4's lanes.
+/// Two shuffle-and-add steps (`pshufd` + `paddd` each on x86), then lane 0.
 fn lanes_sum(v: &str) -> String {
+    let swap_halves = "8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7";
+    let swap_pairs = "4 5 6 7 0 1 2 3 12 13 14 15 8 9 10 11";
     format!(
-        "(i32.add (i32.add (i32x4.extract_lane 0 (local.tee $s {v})) (i32x4.extract_lane 1 (local.get $s)))
-                  (i32.add (i32x4.extract_lane 2 (local.get $s)) (i32x4.extract_lane 3 (local.get $s))))"
+        "(i32x4.extract_lane 0 (i32x4.add
+          (local.tee $s (i32x4.add (local.tee $s {v}) (i8x16.shuffle {swap_halves} (local.get $s) (local.get $s))))
+          (i8x16.shuffle {swap_pairs} (local.get $s) (local.get $s))))"
     )
 }
 
@@ -136,7 +140,7 @@ fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) -> Str
     format!(
         r#"
   (func $mv_{ty}_{shard} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q0 i32) (param $g0 i32) (param $y i32)
-    (local $row i64) (local $b i32) (local $q i32) (local $g i32) (local $sum f32) (local $d f32) (local $dmin f32) (local $sa i32) (local $sb i32)
+    (local $row i64) (local $b i32) (local $q i32) (local $g i32) (local $sum f32) (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32)
     (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128)
     (local $t v128) (local $u v128) (local $s v128)
     (block $done

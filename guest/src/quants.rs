@@ -128,7 +128,8 @@ pub(crate) fn splat8(byte: u8) -> String {
 pub(crate) const D: &str = "(local.get $d)";
 pub(crate) const DMIN: &str = "(local.get $dmin)";
 
-/// Statements that set `$d` (and `$dmin`) from a block of `ty` at `$p`.
+/// Statements that set `$d` (and `$dmin`) from a block of `ty` at `$p`
+/// (using i32 locals `$half` and `$bits`).
 pub(crate) fn block_scales(ty: &str, m: u32) -> String {
     let (d, dmin) = match ty {
         "Q6_K" => (208, None),
@@ -137,12 +138,40 @@ pub(crate) fn block_scales(ty: &str, m: u32) -> String {
         "Q4_1" | "Q5_1" | "Q4_K" | "Q5_K" => (0, Some(2)),
         _ => (0, None),
     };
-    let half = |at: u32| format!("(call $f16 (i32.load16_u $m{m} offset={at} (local.get $p)))");
-    let mut code = format!("\n        (local.set $d {})", half(d));
+    let mut code = f16_inline(
+        "$d",
+        &format!("(i32.load16_u $m{m} offset={d} (local.get $p))"),
+    );
     if let Some(at) = dmin {
-        code += &format!(" (local.set $dmin {})", half(at));
+        code += &f16_inline(
+            "$dmin",
+            &format!("(i32.load16_u $m{m} offset={at} (local.get $p))"),
+        );
     }
     code
+}
+
+/// Statements that set f32 local `target` to the f16 bits `half`, exactly as
+/// numpy converts them (NaN payloads kept): normal values rebiased in
+/// integers, subnormal ones scaled from their mantissa, so no float
+/// operation sees a subnormal operand (those can cost a hundred cycles).
+/// Uses i32 locals `$half` and `$bits`.
+pub(crate) fn f16_inline(target: &str, half: &str) -> String {
+    format!(
+        "
+        (local.set $half {half})
+        (local.set $bits (i32.shl (i32.and (local.get $half) (i32.const 0x7fff)) (i32.const 13)))
+        (local.set {target} (f32.reinterpret_i32 (i32.or
+          (i32.shl (i32.and (local.get $half) (i32.const 0x8000)) (i32.const 16))
+          (if (result i32) (i32.and
+                (i32.ne (i32.and (local.get $half) (i32.const 0x7c00)) (i32.const 0))
+                (i32.ne (i32.and (local.get $half) (i32.const 0x7c00)) (i32.const 0x7c00)))
+            (then (i32.add (local.get $bits) (i32.const 0x38000000)))
+            (else (select
+              (i32.or (local.get $bits) (i32.const 0x7f800000))
+              (i32.reinterpret_f32 (f32.mul (f32.convert_i32_u (i32.and (local.get $half) (i32.const 0x3ff))) (f32.const 0x1p-24)))
+              (i32.and (local.get $half) (i32.const 0x7c00))))))))"
+    )
 }
 
 fn byte(m: u32, at: u32) -> String {

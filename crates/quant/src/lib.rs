@@ -59,20 +59,22 @@ impl std::fmt::Display for DequantizeError {
 impl std::error::Error for DequantizeError {}
 
 /// The little-endian f16 at `bytes[at..]`, as f32.
+#[inline(always)]
 pub(crate) fn half(bytes: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
 }
 
 /// f16 bits to f32 as numpy converts them (and so gguf-py): exactly, NaN
 /// payloads kept as they are (hardware conversion would quiet a signaling
-/// NaN). The magnitude is shifted into f32 position and rescaled by 2^112,
-/// which is exact for normals and subnormals.
+/// NaN). Normal values are rebiased in integers and subnormal ones scaled
+/// from their mantissa, so no operation sees a subnormal f32.
+#[inline(always)]
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let bits = u32::from(h & 0x7fff) << 13;
-    let magnitude = if h & 0x7c00 == 0x7c00 {
-        bits | 0x7f80_0000
-    } else {
-        (f32::from_bits(bits) * f32::from_bits(0x7780_0000)).to_bits()
+    let magnitude = match h & 0x7c00 {
+        0x7c00 => bits | 0x7f80_0000,
+        0 => (f32::from(h & 0x3ff) * f32::from_bits(0x3380_0000)).to_bits(),
+        _ => bits + (112 << 23),
     };
     f32::from_bits(u32::from(h & 0x8000) << 16 | magnitude)
 }
