@@ -43,11 +43,9 @@ fn round(acc: &str, input: &str) -> String {
 
 /// XXH64 of `len` bytes at `p` in memory `$mem`, per the XXH64 spec (seed 0).
 /// Each 32-byte stripe is read by two `v128.load`s (two bounds checks, not
-/// four) and its lanes feed four scalar accumulators. x86-64 without AVX-512
-/// has no 64-bit lane multiply, so Cranelift lowers `i64x2.mul` to three
-/// `pmuludq` and shifts: over 1 GiB, same run, accumulators in two v128 ran at
-/// 7.3 GB/s, four `i64.load`s per stripe at 7.7, this loop at 8.0 (native
-/// xxhash-rust 11.3).
+/// four) and its lanes feed four scalar accumulators: 64-bit lane multiplies
+/// are slow on x86, and accumulators in two v128 measured 53% of native
+/// against this loop's 78% (see guest/README.md).
 fn xxh64_function(shard: u32) -> String {
     let m = shard + 1;
     let load = |offset: u32| format!("(i64.load $m{m} offset={offset} (local.get $p))");
