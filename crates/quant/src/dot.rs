@@ -16,7 +16,7 @@ use crate::half;
 use shardload_gguf::GgmlType;
 
 /// Elements per group: the Q8_0 block of x, and a divisor of every block size.
-pub const GROUP: usize = 32;
+pub(crate) const GROUP: usize = 32;
 
 /// `x` quantized to Q8_0 per 32-element group, with the quant sums that
 /// kernels with offsets or mins need.
@@ -71,7 +71,7 @@ pub fn quantize_input(x: &[f32]) -> QuantizedInput {
 
 /// Whether `ty` has an integer row dot: every supported type but the float
 /// ones, which take the exact f32 path.
-pub fn has_integer_dot(ty: GgmlType) -> bool {
+pub(crate) fn has_integer_dot(ty: GgmlType) -> bool {
     crate::SUPPORTED.contains(&ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
@@ -151,7 +151,7 @@ fn nibbles(qs: &[u8], w: &mut [i8; GROUP]) {
 /// blocks covering `x.q.len()` elements. Compiled twice: for the baseline
 /// target and, chosen at run time, with AVX2, so the native baseline gets
 /// the widest vectors this host has (no FMA: it would change the rounding).
-pub fn row_dot(ty: GgmlType, row: &[u8], x: &QuantizedInput) -> f32 {
+pub(crate) fn row_dot(ty: GgmlType, row: &[u8], x: &QuantizedInput) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.

@@ -28,8 +28,8 @@ pub const SUPPORTED: &[GgmlType] = &[
 
 mod dot;
 
-use dot::IQ4_LEVELS;
-pub use dot::{GROUP, InputGroup, QuantizedInput, has_integer_dot, quantize_input, row_dot};
+use dot::{IQ4_LEVELS, has_integer_dot, row_dot};
+pub use dot::{InputGroup, QuantizedInput, quantize_input};
 
 /// Why a dequantization was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,11 +248,12 @@ fn iq4_xs(b: &[u8], y: &mut [f32]) {
 }
 
 /// `y[r] = Σ_j W[r][j] · x[j]` for whole rows of `ty` in `rows` (each row
-/// `x.len()` elements): the native matvec the guest's is measured against,
-/// and the same algorithm operation for operation, so the two agree bit for bit.
+/// `x.len()` elements): the native matvec the guest's is measured against;
+/// for quantized types the same algorithm operation for operation, so the
+/// two agree bit for bit.
 ///
-/// Quantized types ([`has_integer_dot`]) take the integer path of llama.cpp
-/// (see [`row_dot`]): `x` is quantized to Q8_0 once, each row is dotted with
+/// Quantized types (all but F32, F16 and BF16) take the integer path of
+/// llama.cpp (see `dot.rs`): `x` is quantized to Q8_0 once, each row is dotted with
 /// it exactly in integers, 32 elements at a time, and a few f32 operations
 /// per group scale the sums. Against `x̃`, gguf-py's Q8_0 round trip of `x`,
 /// `|y[r] − Σ_j W[r][j] · x̃_j| ≤ (2G + 3) · 2⁻²⁴ · Σ_j (|s_j| + |m_j|) · |x̃_j|`
