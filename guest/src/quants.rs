@@ -178,6 +178,15 @@ fn byte(m: u32, at: u32) -> String {
     format!("(i32.load8_u $m{m} offset={at} (local.get $p))")
 }
 
+/// Statements loading the 32 bytes at `at` into v128 locals `first` and `second`.
+fn load_pair(m: u32, at: u32, first: &str, second: &str) -> String {
+    format!(
+        "(local.set {first} {}) (local.set {second} {})",
+        load(m, at),
+        load(m, at + 16)
+    )
+}
+
 fn load(m: u32, at: u32) -> String {
     format!("(v128.load $m{m} offset={at} (local.get $p))")
 }
@@ -329,11 +338,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
             let qs = if ty == "Q4_K" { 16 } else { 48 } + 32 * (g / 2);
             let mut setup = String::new();
             if g.is_multiple_of(2) {
-                setup += &format!(
-                    "(local.set $w1 {}) (local.set $w2 {})",
-                    load(m, qs),
-                    load(m, qs + 16)
-                );
+                setup += &load_pair(m, qs, "$w1", "$w2");
             }
             let (mut lo, mut hi) = (
                 nibble("(local.get $w1)", g % 2 == 1),
@@ -341,11 +346,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
             );
             if ty == "Q5_K" {
                 if g == 0 {
-                    setup += &format!(
-                        "(local.set $h1 {}) (local.set $h2 {})",
-                        load(m, 16),
-                        load(m, 32)
-                    );
+                    setup += &load_pair(m, 16, "$h1", "$h2");
                 }
                 lo = format!("(v128.or {lo} {})", move_bit("(local.get $h1)", g, 4));
                 hi = format!("(v128.or {hi} {})", move_bit("(local.get $h2)", g, 4));
@@ -365,28 +366,19 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
         "Q6_K" => {
             let (h, s) = (g / 4, g % 4);
             let ql = h * 64 + 32 * (s % 2);
-            let mut setup = String::new();
-            if s < 2 {
-                setup += &format!(
-                    "(local.set ${} {}) (local.set ${} {})",
-                    if s == 0 { "w1" } else { "w3" },
-                    load(m, ql),
-                    if s == 0 { "w2" } else { "w4" },
-                    load(m, ql + 16)
-                );
-            }
-            if s == 0 {
-                setup += &format!(
-                    "(local.set $h1 {}) (local.set $h2 {})",
-                    load(m, 128 + 32 * h),
-                    load(m, 144 + 32 * h)
-                );
-            }
+            // Groups s and s + 2 share their low-nibble bytes: loaded once, at s < 2.
             let (v1, v2) = if s % 2 == 0 {
                 ("$w1", "$w2")
             } else {
                 ("$w3", "$w4")
             };
+            let mut setup = String::new();
+            if s < 2 {
+                setup += &load_pair(m, ql, v1, v2);
+            }
+            if s == 0 {
+                setup += &load_pair(m, 128 + 32 * h, "$h1", "$h2");
+            }
             let high = |v: &str| {
                 let shifted = match 2 * s {
                     0 => format!("(i8x16.shl (local.get {v}) (i32.const 4))"),
@@ -422,11 +414,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
             let (h, s) = (g / 4, g % 4);
             let mut setup = String::new();
             if s == 0 {
-                setup += &format!(
-                    "(local.set $w1 {}) (local.set $w2 {})",
-                    load(m, 16 + 32 * h),
-                    load(m, 32 + 32 * h)
-                );
+                setup += &load_pair(m, 16 + 32 * h, "$w1", "$w2");
             }
             let crumb = |v: &str| {
                 format!(
@@ -458,18 +446,10 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
             let (h, s) = (g / 4, g % 4);
             let mut setup = String::new();
             if s == 0 {
-                setup += &format!(
-                    "(local.set $w1 {}) (local.set $w2 {})",
-                    load(m, 32 + 32 * h),
-                    load(m, 48 + 32 * h)
-                );
+                setup += &load_pair(m, 32 + 32 * h, "$w1", "$w2");
             }
             if g == 0 {
-                setup += &format!(
-                    "(local.set $h1 {}) (local.set $h2 {})",
-                    load(m, 0),
-                    load(m, 16)
-                );
+                setup += &load_pair(m, 0, "$h1", "$h2");
             }
             let quant = |v: &str, hv: &str| {
                 format!(
