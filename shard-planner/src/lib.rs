@@ -113,6 +113,9 @@ pub enum PlanError {
         /// The boundary rule.
         boundary: Boundary,
     },
+    /// The tensor table is empty: there is nothing to put in a shard.
+    #[error("the model has no tensors: there is nothing to shard")]
+    NoTensors,
     /// `--shards 0`.
     #[error("--shards must be at least 1")]
     ZeroShards,

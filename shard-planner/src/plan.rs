@@ -371,6 +371,9 @@ impl Plan {
     /// smallest possible largest shard, or else the fewest shards under
     /// `options.max_shard_size` (balanced the same way).
     pub fn new(layout: &ModelLayout, options: &PlanOptions) -> Result<Plan, PlanError> {
+        if layout.tensors.is_empty() {
+            return Err(PlanError::NoTensors);
+        }
         let prepared = Prepared::new(layout, options.boundary)?;
         let cap = options.max_shard_size;
         for unit in 0..prepared.units.len() {

@@ -349,6 +349,21 @@ fn asking_for_more_shards_than_tensors_is_refused() {
 }
 
 #[test]
+fn a_model_without_tensors_is_refused_as_such_whatever_the_shard_count() {
+    let layout = layout_of(Vec::new(), 1, 32, 100, 0);
+    for shards in [None, Some(1), Some(4)] {
+        for boundary in [Boundary::Tensor, Boundary::Layer] {
+            let error = Plan::new(&layout, &options(shards, boundary)).unwrap_err();
+            assert!(matches!(error, PlanError::NoTensors), "{error}");
+            assert!(
+                error.to_string().contains("the model has no tensors"),
+                "{error}"
+            );
+        }
+    }
+}
+
+#[test]
 fn shards_that_cannot_fit_under_the_cap_are_refused_with_the_size_needed() {
     let raw = (0..4).map(|_| (0, vec![64 * 1024], 0, None)).collect();
     let layout = layout_of(raw, 1, 32, 100, 0);
