@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use shard_planner::PlanOptions;
-use shardload_gguf::GgufFile;
+use shardload_gguf::{GgmlType, GgufFile};
 use shardload_store::{DotProduct, LoadMode, OpenModel, WeightStore};
 use shardload_suite::{GEMMA, SMOLLM2, check_matvec, matvec_references, model, root, test_vector};
 
@@ -29,7 +29,7 @@ fn guest_dequantize_is_bit_exact_with_gguf_py_in_every_shard() {
             .collect();
         let store = WeightStore::new(plan.clone(), LoadMode::Mmap).unwrap();
         let (mut guest, _) = store.instantiate().unwrap();
-        for &(_, ty, _, _) in shardload_guest::KERNEL_TYPES {
+        for ty in shardload_guest::KERNEL_TYPES.iter().map(|t| t.name()) {
             let reference = &file.tensors()[index[&format!("{ty}.f32")]];
             let start = (file.header.data_offset + reference.offset) as usize;
             let expected: Vec<u32> = file.bytes()[start..start + reference.bytes as usize]
@@ -75,9 +75,7 @@ fn real_tensors(name: &str) {
     let (mut guest, _) = store.instantiate().unwrap();
     let file = GgufFile::open(&path).unwrap();
     for (i, t) in file.tensors().iter().enumerate() {
-        let supported = shardload_guest::KERNEL_TYPES
-            .iter()
-            .any(|(_, ty, _, _)| *ty == t.ty.name());
+        let supported = shardload_guest::KERNEL_TYPES.contains(&t.ty);
         let rows = 3.min(t.dims[1..].iter().product::<u64>());
         if !supported {
             let error = guest.dequantize(i, 0, rows).unwrap_err().to_string();
@@ -252,7 +250,7 @@ fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf
     let file = GgufFile::open(&path).unwrap();
     let opened = OpenModel::open(&path).unwrap();
     let x = test_vector(512);
-    let types: Vec<&str> = shardload_guest::KERNEL_TYPES.iter().map(|t| t.1).collect();
+    let types: Vec<&str> = shardload_guest::KERNEL_TYPES.iter().map(|t| t.name()).collect();
     let rows: Vec<String> = types
         .iter()
         .flat_map(|ty| [0, 1].map(|r| format!("{ty}:{r}")))
@@ -277,7 +275,7 @@ fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf
                 let shard = plan.tensors[tensor].shard;
                 let y = guest.matvec(tensor, 0, 2, &x).unwrap();
                 let what = format!("{ty} in shard {shard} of {shards}, {dot:?} dot");
-                if !matches!(ty, "F32" | "F16" | "BF16") {
+                if !GgmlType::from_name(ty).is_some_and(GgmlType::is_float) {
                     assert_eq!(
                         bits(&y),
                         bits(&native_matvec(&file, ty, 0, 2, &x)),

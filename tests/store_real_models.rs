@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use shard_planner::{PlanOptions, Router};
-use shardload_store::{LoadMode, OpenModel, WeightStore};
+use shardload_store::{GuestInstance, LoadMode, OpenModel, WeightStore};
 use shardload_suite::{GEMMA, SMOLLM2, model, reference_xxh64};
 
 fn store(name: &str, shards: u32, mode: LoadMode) -> WeightStore {
@@ -125,8 +125,24 @@ fn a_plan_from_another_model_is_refused_before_anything_is_mapped() {
 fn a_trap_names_the_export_and_the_tensor() {
     let store = store(SMOLLM2, 2, LoadMode::Mmap);
     let (mut guest, _) = store.instantiate().unwrap();
-    let error = guest.xxh64_tensor(usize::MAX).unwrap_err().to_string();
-    assert!(error.contains("no tensor"), "{error}");
+    // Rows past the tensor's end pass the host's checks and trap in the guest
+    // (its row check), so the error comes from a real wasm trap.
+    let (index, tensor) = store
+        .plan()
+        .tensors
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.span.name == "blk.0.attn_q.weight")
+        .unwrap();
+    let rows = tensor.span.dims[1];
+    let error = guest.dequantize(index, rows, 1).unwrap_err();
+    let trap = error.downcast_ref::<wasmtime::Trap>().copied();
+    assert_eq!(trap, Some(wasmtime::Trap::UnreachableCodeReached), "{error:?}");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("guest export dequantize") && message.contains("blk.0.attn_q.weight"),
+        "{message}"
+    );
 }
 
 proptest! {
@@ -165,9 +181,23 @@ fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
         .unwrap();
     drop(opened);
     let store = WeightStore::new(plan, LoadMode::Mmap).unwrap();
-    let (mut guest, _) = store.instantiate().unwrap();
+    // The last tensor with rows of a type the guest has kernels for (output_norm
+    // is F32, one row): every weight-reading export can reach it.
     let last = store.plan().tensors.len() - 1;
-    guest.xxh64_tensor(last).unwrap();
+    let row_len = store.plan().tensors[last].span.dims[0] as usize;
+    let x = vec![1.0f32; row_len];
+    // Each export on a fresh instance, so no page is already resident from an
+    // earlier export's read.
+    let exports: [(&str, Box<dyn Fn(&mut GuestInstance) -> anyhow::Result<()>>); 4] = [
+        ("xxh64_tensor", Box::new(move |g| g.xxh64_tensor(last).map(drop))),
+        ("stream_tensor", Box::new(move |g| g.stream_tensor(last).map(drop))),
+        ("dequantize", Box::new(move |g| g.dequantize(last, 0, 1).map(drop))),
+        ("matvec", Box::new(move |g| g.matvec(last, 0, 1, &x).map(drop))),
+    ];
+    let mut guests: Vec<GuestInstance> = exports
+        .iter()
+        .map(|_| store.instantiate().unwrap().0)
+        .collect();
     // Cut the file to half while its pages are mapped into the shard memories.
     let size = std::fs::metadata(&path).unwrap().len();
     std::fs::OpenOptions::new()
@@ -176,10 +206,15 @@ fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
         .unwrap()
         .set_len(size / 2)
         .unwrap();
-    let error = guest.xxh64_tensor(last).unwrap_err().to_string();
-    assert!(error.contains("model file changed"), "{error}");
+    for ((export, call), guest) in exports.iter().zip(&mut guests) {
+        let error = format!("{:#}", call(guest).unwrap_err());
+        assert!(
+            error.contains("model file changed") && error.contains(export),
+            "{export}: {error}"
+        );
+    }
     // The host's own reads of the file fail cleanly too.
     assert!(store.host_xxh64(last).is_err());
     // Tensors in the part that remains still verify.
-    assert_eq!(guest.xxh64_tensor(0).unwrap(), store.host_xxh64(0).unwrap());
+    assert_eq!(guests[0].xxh64_tensor(0).unwrap(), store.host_xxh64(0).unwrap());
 }

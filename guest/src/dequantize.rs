@@ -5,7 +5,10 @@
 
 use std::fmt::Write;
 
-use crate::quants::{self, KernelType, Min, Scale};
+use shardload_gguf::GgmlType;
+
+use crate::abi;
+use crate::quants::{self, Min, Scale};
 
 /// `$f16`: f16 bits to f32 exactly, as a function (for the tails of F16 rows
 /// and `matvec`'s x scales; block scales are converted inline).
@@ -18,34 +21,6 @@ fn f16_function() -> String {
         quants::f16_inline("$f", "(local.get $half)")
     )
 }
-
-/// Functions every kernel uses besides `$f16`: it on four lanes, and the row
-/// check of the exports.
-const SHARED: &str = r#"
-  ;; $f16 on four lanes of f16 bits (zero-extended to i32), the same way.
-  (func $f16x4 (param $h v128) (result v128)
-    (local $bits v128) (local $exponent v128)
-    (local.set $bits (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)) (i32.const 13)))
-    (local.set $exponent (v128.and (local.get $h) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))
-    (v128.or
-      (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))
-      (v128.bitselect
-        (v128.or (local.get $bits) (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
-        (v128.bitselect
-          (f32x4.mul (f32x4.convert_i32x4_u (v128.and (local.get $h) (v128.const i32x4 0x3ff 0x3ff 0x3ff 0x3ff)))
-                     (f32x4.splat (f32.const 0x1p-24)))
-          (i32x4.add (local.get $bits) (v128.const i32x4 0x38000000 0x38000000 0x38000000 0x38000000))
-          (i32x4.eq (local.get $exponent) (v128.const i64x2 0 0)))
-        (i32x4.eq (local.get $exponent) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))))
-
-  ;; Traps unless rows [first, first + rows) lie inside the tensor.
-  (func $check_rows (param $e i32) (param $first i64) (param $rows i64) (param $row_bytes i64)
-    (local $end i64)
-    (local.set $end (i64.add (local.get $first) (local.get $rows)))
-    (if (i64.lt_u (local.get $end) (local.get $first)) (then unreachable))
-    (if (i64.gt_u (local.get $end) (i64.div_u (i64.load $m0 offset=16 (local.get $e)) (local.get $row_bytes)))
-      (then unreachable)))
-"#;
 
 /// The statements that write group `g` of a block (at `$p` in `$m{m}`) as 32
 /// f32 at `$out + 128 g`.
@@ -104,8 +79,8 @@ fn group_code(ty: &str, m: u32, g: u32) -> String {
 
 /// `$dq_{name}_{shard}(p, n, out)`: `n` blocks (elements, for float types)
 /// from `$p` in the shard's memory to f32 at `$out`.
-fn kernel(ty: &KernelType, shard: u32) -> String {
-    let &(_, name, block, size) = ty;
+fn kernel(ty: GgmlType, shard: u32) -> String {
+    let (name, block, size) = (ty.name(), ty.block_size(), ty.type_size());
     let m = shard + 1;
     let header =
         format!("\n  (func $dq_{name}_{shard} (param $p i64) (param $n i64) (param $out i32)");
@@ -176,22 +151,23 @@ fn kernel(ty: &KernelType, shard: u32) -> String {
 
 /// The `dequantize(tensor, first_row, rows, out)` export and a kernel per
 /// shard for each of `types`, plus the functions all kernels share.
-pub fn dequantize_functions(shards: u32, types: &[&KernelType]) -> String {
-    let mut wat = f16_function() + SHARED;
+pub fn dequantize_functions(shards: u32, types: &[GgmlType]) -> String {
+    let mut wat = f16_function() + &abi::fill(include_str!("../wat/kernels.wat"), &[]);
     wat += r#"
   ;; Rows [first, first + rows) of tensor $t as f32 at scratch offset $out.
   (func $dequantize (export "dequantize") (param $t i32) (param $first i64) (param $rows i64) (param $out i32)"#;
-    wat += &quants::type_dispatch(types, |&(_, name, block, _)| {
+    wat += &quants::type_dispatch(types, |ty| {
+        let (name, block) = (ty.name(), ty.block_size());
         format!(
             "(return (call $dq_{name} (local.get $shard) (local.get $src)
         (i64.div_u (i64.mul (local.get $rows) (local.get $row_len)) (i64.const {block}))
         (local.get $out)))"
         )
     });
-    for ty in types {
+    for &ty in types {
         wat += &crate::shard_dispatch(
-            &format!("$dq_{}", ty.1),
-            &format!("dq_{}", ty.1),
+            &format!("$dq_{}", ty.name()),
+            &format!("dq_{}", ty.name()),
             &["p i64", "n i64", "out i32"],
             None,
             shards,

@@ -7,19 +7,17 @@
 //! emitted once per shard memory and reached through a `br_table` dispatcher.
 
 pub mod abi;
+pub mod exports;
 mod dequantize;
 mod matvec;
 mod quants;
 
 pub use matvec::DotProduct;
-pub use quants::{KERNEL_TYPES, KernelType};
-
-/// Every type the guest has kernels for (what `shardload guest` emits).
-pub fn all_kernel_types() -> Vec<&'static str> {
-    KERNEL_TYPES.iter().map(|t| t.1).collect()
-}
+pub use quants::KERNEL_TYPES;
 
 use std::fmt::Write;
+
+use shardload_gguf::GgmlType;
 
 const P1: u64 = 0x9E37_79B1_85EB_CA87;
 const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
@@ -200,60 +198,11 @@ fn shard_dispatch(
     text + "    unreachable)"
 }
 
-/// Exports over the tables: `route`, and per-tensor entry points.
-fn table_functions() -> String {
-    let header = abi::HEADER_BYTES;
-    let route_bytes = abi::ROUTE_BYTES;
-    let tensor_bytes = abi::TENSOR_BYTES;
-    format!(
-        r#"
-  (func $n_routes (result i32) (i32.load $m0 offset=8 (i32.const 0)))
-  (func $n_tensors (result i32) (i32.load $m0 offset=12 (i32.const 0)))
-
-  ;; Address of tensor $t's entry; traps on an unknown tensor.
-  (func $tensor_entry (param $t i32) (result i32)
-    (if (i32.ge_u (local.get $t) (call $n_tensors)) (then unreachable))
-    (i32.add (i32.add (i32.const {header}) (i32.mul (call $n_routes) (i32.const {route_bytes})))
-             (i32.mul (local.get $t) (i32.const {tensor_bytes}))))
-
-  ;; (shard, offset) of a logical offset, or (-1, 0) where no tensor lies:
-  ;; binary search for the last route starting at or before $x.
-  (func (export "route") (param $x i64) (result i32 i64)
-    (local $lo i32) (local $hi i32) (local $mid i32) (local $e i32)
-    (local.set $hi (call $n_routes))
-    (block $found
-      (loop $search
-        (br_if $found (i32.ge_u (local.get $lo) (local.get $hi)))
-        (local.set $mid (i32.shr_u (i32.add (local.get $lo) (local.get $hi)) (i32.const 1)))
-        (if (i64.le_u (i64.load $m0 (i32.add (i32.const {header}) (i32.mul (local.get $mid) (i32.const {route_bytes})))) (local.get $x))
-          (then (local.set $lo (i32.add (local.get $mid) (i32.const 1))))
-          (else (local.set $hi (local.get $mid))))
-        (br $search)))
-    (if (i32.eqz (local.get $lo)) (then (return (i32.const -1) (i64.const 0))))
-    (local.set $e (i32.add (i32.const {header}) (i32.mul (i32.sub (local.get $lo) (i32.const 1)) (i32.const {route_bytes}))))
-    (if (i64.ge_u (local.get $x) (i64.load $m0 offset=8 (local.get $e))) (then (return (i32.const -1) (i64.const 0))))
-    (i32.load $m0 offset=16 (local.get $e))
-    (i64.add (i64.load $m0 offset=24 (local.get $e)) (i64.sub (local.get $x) (i64.load $m0 (local.get $e)))))
-
-  ;; XXH64 (seed 0) of tensor $t's bytes, read in place from its shard.
-  (func (export "xxh64_tensor") (param $t i32) (result i64)
-    (local $e i32)
-    (local.set $e (call $tensor_entry (local.get $t)))
-    (call $xxh64_range (i32.load $m0 (local.get $e)) (i64.load $m0 offset=8 (local.get $e)) (i64.load $m0 offset=16 (local.get $e))))
-
-  ;; Streams tensor $t's bytes through v128 loads (the bandwidth probe).
-  (func (export "stream_tensor") (param $t i32) (result i64)
-    (local $e i32)
-    (local.set $e (call $tensor_entry (local.get $t)))
-    (call $stream_range (i32.load $m0 (local.get $e)) (i64.load $m0 offset=8 (local.get $e)) (i64.load $m0 offset=16 (local.get $e))))"#
-    )
-}
-
 /// The guest's WAT text for `shards` shard memories, with compute kernels
-/// for the ggml `types` (gguf-py names) the plan holds: kernels are emitted
+/// for the ggml `types` the plan holds (types without kernels are skipped): kernels are emitted
 /// per shard, so emitting only the types in use keeps compiling fast.
 /// `dot` picks the integer dot product of `matvec`.
-pub fn guest_wat(shards: u32, types: &[&str], dot: DotProduct) -> String {
+pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
     let mut wat = String::from("(module\n");
     let _ = writeln!(
         wat,
@@ -271,7 +220,7 @@ pub fn guest_wat(shards: u32, types: &[&str], dot: DotProduct) -> String {
             k + 1
         );
     }
-    wat += &table_functions();
+    wat += &abi::fill(include_str!("../wat/tables.wat"), &[]);
     for (export, target) in [("xxh64_range", "xxh64"), ("stream_range", "stream")] {
         wat += &shard_dispatch(
             &format!("${export} (export \"{export}\")"),
@@ -285,9 +234,10 @@ pub fn guest_wat(shards: u32, types: &[&str], dot: DotProduct) -> String {
         wat += &xxh64_function(k);
         wat += &stream_function(k);
     }
-    let emitted: Vec<&KernelType> = KERNEL_TYPES
+    let emitted: Vec<GgmlType> = KERNEL_TYPES
         .iter()
-        .filter(|t| types.contains(&t.1))
+        .copied()
+        .filter(|t| types.contains(t))
         .collect();
     wat += &dequantize::dequantize_functions(shards, &emitted);
     wat += &matvec::matvec_functions(shards, &emitted, dot);
@@ -296,7 +246,7 @@ pub fn guest_wat(shards: u32, types: &[&str], dot: DotProduct) -> String {
 }
 
 /// The guest module for `shards` shard memories and kernel `types`, assembled.
-pub fn guest_wasm(shards: u32, types: &[&str], dot: DotProduct) -> Result<Vec<u8>, String> {
+pub fn guest_wasm(shards: u32, types: &[GgmlType], dot: DotProduct) -> Result<Vec<u8>, String> {
     if shards == 0 {
         return Err("a guest needs at least one shard memory".into());
     }

@@ -5,73 +5,71 @@
 
 use std::fmt::Write;
 
-/// A type the guest has kernels for: (ggml type id, gguf-py name, elements
-/// per block, bytes per block).
-pub type KernelType = (u32, &'static str, u64, u64);
+use shardload_gguf::GgmlType;
 
 /// Every type the guest has kernels for; the host refuses any other by name.
-pub const KERNEL_TYPES: &[KernelType] = &[
-    (0, "F32", 1, 4),
-    (1, "F16", 1, 2),
-    (30, "BF16", 1, 2),
-    (2, "Q4_0", 32, 18),
-    (3, "Q4_1", 32, 20),
-    (6, "Q5_0", 32, 22),
-    (7, "Q5_1", 32, 24),
-    (8, "Q8_0", 32, 34),
-    (10, "Q2_K", 256, 84),
-    (11, "Q3_K", 256, 110),
-    (12, "Q4_K", 256, 144),
-    (13, "Q5_K", 256, 176),
-    (14, "Q6_K", 256, 210),
-    (20, "IQ4_NL", 32, 18),
-    (23, "IQ4_XS", 256, 136),
+/// Ids, names and block layouts come from the one ggml type table
+/// ([`GgmlType`]).
+pub const KERNEL_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
-
-/// The float types: converted element by element, not unpacked in groups.
-pub(crate) fn is_float(name: &str) -> bool {
-    matches!(name, "F32" | "F16" | "BF16")
-}
 
 /// The body of an export `(param $t i32) (param $first i64) (param $rows i64) ...`
 /// over rows of tensor `$t`: finds its entry, checks the rows lie inside it,
 /// sets `$row_len`, `$row_bytes`, `$shard` and `$src` (the rows' first byte
 /// in the shard), then runs `arm(type)`, which must return; a type not in
 /// `types` traps.
-pub(crate) fn type_dispatch(types: &[&KernelType], arm: impl Fn(&KernelType) -> String) -> String {
-    let mut wat = String::from(
+pub(crate) fn type_dispatch(types: &[GgmlType], arm: impl Fn(GgmlType) -> String) -> String {
+    let mut wat = crate::abi::fill(
         r#"
     (local $e i32) (local $row_len i64) (local $row_bytes i64) (local $shard i32) (local $src i64)
     (local.set $e (call $tensor_entry (local.get $t)))
-    (local.set $row_len (i64.load $m0 offset=24 (local.get $e)))
-    (local.set $shard (i32.load $m0 (local.get $e)))
+    (local.set $row_len (i64.load $m0 offset={TENSOR_ROW_LEN} (local.get $e)))
+    (local.set $shard (i32.load $m0 offset={TENSOR_SHARD} (local.get $e)))
     (block $unsupported
 "#,
+        &[],
     );
     for ty in types.iter().rev() {
-        let _ = writeln!(wat, "    (block $t_{}", ty.1);
+        let _ = writeln!(wat, "    (block $t_{}", ty.name());
     }
-    let max_id = types.iter().map(|t| t.0).max().unwrap_or(0);
+    let max_id = types.iter().map(|t| t.id()).max().unwrap_or(0);
     let labels: String = (0..=max_id)
-        .map(|id| match types.iter().find(|t| t.0 == id) {
-            Some(ty) => format!("$t_{} ", ty.1),
+        .map(|id| match types.iter().find(|t| t.id() == id) {
+            Some(ty) => format!("$t_{} ", ty.name()),
             None => "$unsupported ".to_string(),
         })
         .collect();
     // The br_table closes the innermost block; each arm closes the next one out.
     let _ = writeln!(
         wat,
-        "      (br_table {labels}$unsupported (i32.load $m0 offset=4 (local.get $e))))"
+        "      (br_table {labels}$unsupported (i32.load $m0 offset={} (local.get $e))))",
+        crate::abi::TENSOR_TYPE
     );
-    for ty in types {
-        let &(_, _, block, size) = *ty;
+    for &ty in types {
+        let (block, size) = (ty.block_size(), ty.type_size());
         let _ = writeln!(
             wat,
             "      (local.set $row_bytes (i64.mul (i64.div_u (local.get $row_len) (i64.const {block})) (i64.const {size})))
       (call $check_rows (local.get $e) (local.get $first) (local.get $rows) (local.get $row_bytes))
-      (local.set $src (i64.add (i64.load $m0 offset=8 (local.get $e)) (i64.mul (local.get $first) (local.get $row_bytes))))
-      {})",
-            arm(ty)
+      (local.set $src (i64.add (i64.load $m0 offset={offset} (local.get $e)) (i64.mul (local.get $first) (local.get $row_bytes))))
+      {arm})",
+            offset = crate::abi::TENSOR_OFFSET,
+            arm = arm(ty)
         );
     }
     wat + "    unreachable)

@@ -29,7 +29,7 @@ impl Guest {
             &engine,
             guest_wasm(
                 shards,
-                &shardload_guest::all_kernel_types(),
+                shardload_guest::KERNEL_TYPES,
                 DotProduct::Plain,
             )
             .unwrap(),
@@ -122,7 +122,7 @@ fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memo
     for shards in [1, 2, 4, 16, 64] {
         let wasm = guest_wasm(
             shards,
-            &shardload_guest::all_kernel_types(),
+            shardload_guest::KERNEL_TYPES,
             DotProduct::Plain,
         )
         .unwrap();
@@ -139,8 +139,8 @@ fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memo
 
 #[test]
 fn the_relaxed_module_needs_relaxed_simd_and_the_plain_one_does_not() {
-    let types = shardload_guest::all_kernel_types();
-    let relaxed = guest_wasm(2, &types, DotProduct::Relaxed).unwrap();
+    let types = shardload_guest::KERNEL_TYPES;
+    let relaxed = guest_wasm(2, types, DotProduct::Relaxed).unwrap();
     wasmparser::Validator::new_with_features(features(true, true))
         .validate_all(&relaxed)
         .unwrap();
@@ -340,5 +340,57 @@ proptest! {
         for x in probes.into_iter().chain(edges).chain(extremes) {
             prop_assert_eq!(route.call(&mut guest.store, x as i64).unwrap(), reference(x), "offset {}", x);
         }
+    }
+}
+
+#[test]
+fn the_module_exports_exactly_the_export_table_with_its_signatures() {
+    use shardload_guest::exports::{EXPORTS, ValType};
+    use wasmparser::{Parser, Payload, TypeRef, ValType as W};
+    let wasm = guest_wasm(3, shardload_guest::KERNEL_TYPES, DotProduct::Plain).unwrap();
+    let (mut types, mut funcs, mut exported) = (Vec::new(), Vec::new(), Vec::new());
+    for payload in Parser::new(0).parse_all(&wasm) {
+        match payload.unwrap() {
+            Payload::TypeSection(reader) => {
+                for group in reader {
+                    for ty in group.unwrap().into_types() {
+                        types.push(ty.unwrap_func().clone());
+                    }
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader {
+                    if let TypeRef::Func(t) = import.unwrap().ty {
+                        funcs.push(t);
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => funcs.extend(reader.into_iter().map(|t| t.unwrap())),
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.unwrap();
+                    exported.push((export.name.to_string(), export.index));
+                }
+            }
+            _ => {}
+        }
+    }
+    let wasm_type = |v: &ValType| match v {
+        ValType::I32 => W::I32,
+        ValType::I64 => W::I64,
+        ValType::F32 => W::F32,
+    };
+    let mut expected: Vec<&str> = EXPORTS.iter().map(|e| e.name).collect();
+    let mut names: Vec<&str> = exported.iter().map(|(n, _)| n.as_str()).collect();
+    expected.sort_unstable();
+    names.sort_unstable();
+    assert_eq!(names, expected, "the module's exports and the export table differ");
+    for signature in EXPORTS {
+        let index = exported.iter().find(|(n, _)| n == signature.name).unwrap().1;
+        let ty = &types[funcs[index as usize] as usize];
+        let params: Vec<W> = signature.params.iter().map(wasm_type).collect();
+        let results: Vec<W> = signature.results.iter().map(wasm_type).collect();
+        assert_eq!(ty.params(), params, "{} parameters", signature.name);
+        assert_eq!(ty.results(), results, "{} results", signature.name);
     }
 }

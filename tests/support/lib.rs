@@ -174,7 +174,7 @@ pub fn matvec_references(
 pub fn check_matvec(ty: &str, n: usize, got: f32, r: &MatvecReference) -> Result<(), String> {
     let got = f64::from(got);
     let unit = 2f64.powi(-24);
-    if matches!(ty, "F32" | "F16" | "BF16") {
+    if shardload_gguf::GgmlType::from_name(ty).is_some_and(|t| t.is_float()) {
         let bound = n as f64 * unit * r.magnitude;
         if (got - r.dot).abs() > bound {
             return Err(format!("{got} vs {} (bound {bound})", r.dot));

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use serde_json::json;
-use shardload_store::bench;
+use shardload_bench as bench;
 
 use crate::{BenchArgs, check_model_exists};
 
@@ -25,7 +25,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             args.synthetic_blocks,
             path.display()
         );
-        bench::write_random_model(&path, args.synthetic_blocks)?;
+        shardload_gguf::synthetic::write_random_llama3_70b(&path, args.synthetic_blocks)?;
         models.push(path);
     }
     let mut reports = Vec::new();

@@ -11,13 +11,12 @@ use crate::units::human;
 
 pub fn run(args: &SynthArgs) -> Result<ExitCode> {
     let size = if args.random {
-        shardload_store::bench::write_random_model(&args.output, args.blocks)
+        synthetic::write_random_llama3_70b(&args.output, args.blocks)
     } else {
         let writer = synthetic::llama3_70b_q4_k_m_blocks(args.blocks);
         writer
             .write(&args.output, None)
             .map(|layout| layout.file_size)
-            .map_err(Into::into)
     }
     .with_context(|| format!("cannot write {}", args.output.display()))?;
     let kind = if args.random {

@@ -2,6 +2,8 @@
 //! for what no small real file can show: a 70B model's plan and mapping.
 //! Written without data they are sparse files (header + hole).
 
+use std::path::Path;
+
 use crate::{GgmlType, GgufWriter, Value};
 
 /// Llama-3-70B at llama.cpp's Q4_K_M: 724 tensors, 42,470,588,672 bytes of
@@ -50,4 +52,22 @@ pub fn llama3_70b_q4_k_m_blocks(blocks: u64) -> GgufWriter {
     w.tensor("output_norm.weight", F32, &[embed])
         .tensor("output.weight", Q6_K, &[embed, vocab]);
     w
+}
+
+/// Writes the first `blocks` blocks of the Llama-3-70B Q4_K_M inventory with
+/// random bytes (a multi-GB model whose pages are really on disk), for
+/// measuring loads that cannot be served from a sparse file's holes.
+/// Returns the file's size.
+pub fn write_random_llama3_70b(path: &Path, blocks: u64) -> std::io::Result<u64> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut fill = |_: usize, _: u64, buf: &mut [u8]| {
+        for word in buf.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+    };
+    let layout = llama3_70b_q4_k_m_blocks(blocks).write(path, Some(&mut fill))?;
+    Ok(layout.file_size)
 }

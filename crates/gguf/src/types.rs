@@ -41,6 +41,8 @@ macro_rules! ggml_types {
 }
 
 ggml_types! {
+    // Sizes are ggml's (the block structs in ggml-common.h): ggml writes and
+    // reads the files. gguf-py differs on two, checked by the type-table tests:
     F32 = 0, "F32", 1, 4;
     F16 = 1, "F16", 1, 2;
     Q4_0 = 2, "Q4_0", 32, 18;
@@ -48,7 +50,7 @@ ggml_types! {
     Q5_0 = 6, "Q5_0", 32, 22;
     Q5_1 = 7, "Q5_1", 32, 24;
     Q8_0 = 8, "Q8_0", 32, 34;
-    Q8_1 = 9, "Q8_1", 32, 40;
+    Q8_1 = 9, "Q8_1", 32, 36; // 2 f16 + 32 i8; gguf-py 0.19 says 40
     Q2_K = 10, "Q2_K", 256, 84;
     Q3_K = 11, "Q3_K", 256, 110;
     Q4_K = 12, "Q4_K", 256, 144;
@@ -75,6 +77,7 @@ ggml_types! {
     MXFP4 = 39, "MXFP4", 32, 17;
     NVFP4 = 40, "NVFP4", 64, 36;
     Q1_0 = 41, "Q1_0", 128, 18;
+    Q2_0 = 42, "Q2_0", 64, 18; // f16 + 64 2-bit quants; gguf-py 0.19 lacks it
 }
 
 /// Type ids ggml once used and has removed: files that use them are refused by name.
@@ -106,6 +109,16 @@ impl GgmlType {
     /// The type gguf-py calls `name`.
     pub fn from_name(name: &str) -> Option<GgmlType> {
         GgmlType::all().iter().copied().find(|t| t.name() == name)
+    }
+
+    /// Whether elements are stored one by one as floats (F32, F16, BF16, F64)
+    /// rather than in quantized blocks: kernels convert them element by
+    /// element and dot them with x itself instead of its quantized form.
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F64
+        )
     }
 }
 
@@ -141,6 +154,22 @@ mod tests {
             "{error}"
         );
         assert!(GgmlType::from_id(9999).unwrap_err().contains("unknown"));
+    }
+
+    #[test]
+    fn q8_1_and_the_newest_types_have_ggml_block_sizes() {
+        // ggml-common.h: block_q8_1 {2 x ggml_half, int8_t qs[32]},
+        // block_nvfp4 {uint8_t d[4], qs[32]}, block_q1_0 {ggml_half, qs[16]},
+        // block_q2_0 {ggml_half, qs[16]}.
+        let sizes = [
+            (GgmlType::Q8_1, 9, 32, 2 * 2 + 32),
+            (GgmlType::NVFP4, 40, 64, 64 / 16 + 64 / 2),
+            (GgmlType::Q1_0, 41, 128, 2 + 128 / 8),
+            (GgmlType::Q2_0, 42, 64, 2 + 64 / 4),
+        ];
+        for (ty, id, block, size) in sizes {
+            assert_eq!((ty.id(), ty.block_size(), ty.type_size()), (id, block, size), "{ty:?}");
+        }
     }
 
     #[test]

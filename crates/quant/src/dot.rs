@@ -72,7 +72,7 @@ pub fn quantize_input(x: &[f32]) -> QuantizedInput {
 /// Whether `ty` has an integer row dot: every supported type but the float
 /// ones, which take the exact f32 path.
 pub(crate) fn has_integer_dot(ty: GgmlType) -> bool {
-    crate::SUPPORTED.contains(&ty) && !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    crate::SUPPORTED.contains(&ty) && !ty.is_float()
 }
 
 /// The 16 non-linear levels of IQ4_NL and IQ4_XS.

@@ -1,7 +1,6 @@
 //! The weight store: opens a model, plans it, and builds wasmtime memory64
 //! shard memories (mapped from the file or copied) for a multi-memory guest.
 
-pub mod bench;
 mod fault;
 mod memory;
 mod model;

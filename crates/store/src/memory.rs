@@ -108,6 +108,7 @@ struct MappedMemory {
 // SAFETY: the mapping is owned by this value and only reached through
 // wasmtime, which synchronizes access as for its own memories.
 unsafe impl Send for MappedMemory {}
+// SAFETY: as for Send: wasmtime synchronizes every access to the memory.
 unsafe impl Sync for MappedMemory {}
 
 impl MappedMemory {

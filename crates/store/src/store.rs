@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use shard_planner::{Plan, Router, WASM_PAGE};
 use shardload_gguf::GgmlType;
+use shardload_guest::exports::{self, EXPORTS, Export};
 use shardload_guest::{DotProduct, abi};
-use wasmtime::{Config, Engine, Linker, Memory, MemoryType, Module, Store, TypedFunc};
+use wasmtime::{
+    Config, Engine, Func, Linker, Memory, MemoryType, Module, Store, WasmParams, WasmResults,
+};
 use xxhash_rust::xxh64::Xxh64;
 
 use crate::fault;
@@ -69,22 +72,32 @@ impl WeightStore {
             .wasm_simd(true)
             .wasm_relaxed_simd(true);
         config.with_host_memory(creator.clone());
-        let engine =
-            Engine::new(&config).map_err(|e| anyhow!("cannot configure wasmtime: {e:?}"))?;
+        let engine = wasm(Engine::new(&config)).context("cannot configure wasmtime")?;
         let shards = u32::try_from(plan.shards.len()).context("too many shards")?;
-        let mut types: Vec<&str> = plan.tensors.iter().map(|t| t.span.ty.as_str()).collect();
-        types.sort_unstable();
+        let mut types: Vec<GgmlType> = plan
+            .tensors
+            .iter()
+            .filter_map(|t| GgmlType::from_name(&t.span.ty))
+            .collect();
+        types.sort_unstable_by_key(|t| t.id());
         types.dedup();
         let compile = |dot| -> Result<Module> {
-            let wasm = shardload_guest::guest_wasm(shards, &types, dot)
+            let module = shardload_guest::guest_wasm(shards, &types, dot)
                 .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
-            Module::new(&engine, wasm).map_err(|e| anyhow!("cannot compile the guest: {e:?}"))
+            wasm(Module::new(&engine, module)).context("cannot compile the guest")
         };
         let (guest, dot) = match dot {
             Some(dot) => (compile(dot)?, dot),
             None => match compile(DotProduct::Relaxed) {
                 Ok(guest) => (guest, DotProduct::Relaxed),
-                Err(_) => (compile(DotProduct::Plain)?, DotProduct::Plain),
+                Err(relaxed) => match compile(DotProduct::Plain) {
+                    Ok(guest) => (guest, DotProduct::Plain),
+                    Err(plain) => {
+                        return Err(plain.context(format!(
+                            "the relaxed-SIMD guest failed first: {relaxed:#}"
+                        )));
+                    }
+                },
             },
         };
         let files = plan
@@ -167,33 +180,30 @@ impl WeightStore {
         let pages = (self.tables.len() as u64)
             .div_ceil(WASM_PAGE)
             .max(abi::SCRATCH_MIN_PAGES);
-        let scratch = Memory::new(&mut store, MemoryType::new(pages as u32, None))
-            .map_err(|e| anyhow!("cannot allocate guest scratch memory: {e:?}"))?;
+        let scratch = wasm(Memory::new(&mut store, MemoryType::new(pages as u32, None)))
+            .context("cannot allocate guest scratch memory")?;
         scratch.data_mut(&mut store)[..self.tables.len()].copy_from_slice(&self.tables);
         let mut linker = Linker::new(&self.engine);
-        linker
-            .define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch)
-            .map_err(wasm_error)?;
+        linker.define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch)?;
         for (k, memory) in shards.iter().enumerate() {
-            linker
-                .define(
-                    &mut store,
-                    abi::IMPORT_MODULE,
-                    &abi::shard_import(k as u32),
-                    *memory,
-                )
-                .map_err(wasm_error)?;
+            linker.define(
+                &mut store,
+                abi::IMPORT_MODULE,
+                &abi::shard_import(k as u32),
+                *memory,
+            )?;
         }
-        let instance = linker
-            .instantiate(&mut store, &self.guest)
-            .map_err(wasm_error)?;
+        let instance = linker.instantiate(&mut store, &self.guest)?;
+        let funcs = EXPORTS
+            .iter()
+            .map(|e| {
+                instance
+                    .get_func(&mut store, e.name)
+                    .ok_or_else(|| anyhow!("the guest has no export {}", e.name))
+            })
+            .collect::<Result<Vec<Func>>>()?;
         let guest = GuestInstance {
-            dequantize: instance
-                .get_typed_func(&mut store, "dequantize")
-                .map_err(wasm_error)?,
-            matvec: instance
-                .get_typed_func(&mut store, "matvec")
-                .map_err(wasm_error)?,
+            funcs,
             scratch,
             scratch_free: abi::scratch_free_offset(
                 Router::new(&self.plan).routes().len(),
@@ -205,15 +215,6 @@ impl WeightStore {
                 .iter()
                 .map(|t| (t.span.ty.clone(), t.span.dims.clone()))
                 .collect(),
-            xxh64_tensor: instance
-                .get_typed_func(&mut store, "xxh64_tensor")
-                .map_err(wasm_error)?,
-            stream_tensor: instance
-                .get_typed_func(&mut store, "stream_tensor")
-                .map_err(wasm_error)?,
-            route: instance
-                .get_typed_func(&mut store, "route")
-                .map_err(wasm_error)?,
             names: self
                 .plan
                 .tensors
@@ -257,10 +258,6 @@ impl WeightStore {
     }
 }
 
-fn wasm_error(error: wasmtime::Error) -> anyhow::Error {
-    anyhow!("{error:?}")
-}
-
 /// One guest instance over its own shard memories.
 pub struct GuestInstance {
     store: Store<()>,
@@ -269,28 +266,25 @@ pub struct GuestInstance {
     scratch_free: usize,
     /// Each tensor's type name and dims.
     types: Vec<(String, Vec<u64>)>,
-    dequantize: TypedFunc<(i32, i64, i64, i32), ()>,
-    matvec: TypedFunc<(i32, i64, i64, i32, i32, i32), ()>,
+    /// Every export of [`EXPORTS`], in its order.
+    funcs: Vec<Func>,
     shards: Vec<Memory>,
     names: Vec<String>,
-    xxh64_tensor: TypedFunc<i32, i64>,
-    stream_tensor: TypedFunc<i32, i64>,
-    route: TypedFunc<i64, (i32, i64)>,
 }
 
 impl GuestInstance {
     /// The guest's XXH64 (seed 0) of a tensor, read in place from its shard.
     pub fn xxh64_tensor(&mut self, tensor: usize) -> Result<u64> {
-        let func = self.xxh64_tensor.clone();
-        self.call("xxh64_tensor", tensor, |store, id| func.call(store, id))
-            .map(|h| h as u64)
+        let what = self.tensor_name(tensor)?;
+        let (h,) = self.call(exports::XXH64_TENSOR, (tensor_id(tensor)?,), || what)?;
+        Ok(h as u64)
     }
 
     /// Streams a tensor's bytes through SIMD loads in the guest (the bandwidth probe).
     pub fn stream_tensor(&mut self, tensor: usize) -> Result<u64> {
-        let func = self.stream_tensor.clone();
-        self.call("stream_tensor", tensor, |store, id| func.call(store, id))
-            .map(|h| h as u64)
+        let what = self.tensor_name(tensor)?;
+        let (h,) = self.call(exports::STREAM_TENSOR, (tensor_id(tensor)?,), || what)?;
+        Ok(h as u64)
     }
 
     /// Rows `[first_row, first_row + rows)` of a tensor as f32, dequantized by
@@ -298,18 +292,17 @@ impl GuestInstance {
     /// kernel for are refused by name, never answered with wrong numbers.
     pub fn dequantize(&mut self, tensor: usize, first_row: u64, rows: u64) -> Result<Vec<f32>> {
         let (name, row_len) = self.kernel_tensor(tensor)?;
-        let elements = usize::try_from(rows * row_len).context("too many rows")?;
+        let elements = usize::try_from(rows.saturating_mul(row_len)).context("too many rows")?;
         let out = self.scratch_free;
         self.ensure_scratch(out + elements * 4)?;
-        let func = self.dequantize.clone();
-        func.call(
-            &mut self.store,
-            (tensor as i32, first_row as i64, rows as i64, out as i32),
-        )
-        .map_err(|e| {
-            anyhow!(
-                "guest export dequantize on tensor {name} rows {first_row}..+{rows} failed: {e:?}"
-            )
+        let args = (
+            tensor_id(tensor)?,
+            first_row as i64,
+            rows as i64,
+            out as i32,
+        );
+        self.call(exports::DEQUANTIZE, args, || {
+            format!("tensor {name} rows {first_row}..+{rows}")
         })?;
         Ok(self.read_f32s(out, elements))
     }
@@ -332,22 +325,28 @@ impl GuestInstance {
         }
         let (x_at, tmp_at) = (self.scratch_free, self.scratch_free + x.len() * 4);
         let y_at = tmp_at + x.len() * 4;
-        self.ensure_scratch(y_at + rows as usize * 4)?;
+        self.ensure_scratch(y_at + usize::try_from(rows).context("too many rows")? * 4)?;
         let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.scratch.data_mut(&mut self.store)[x_at..tmp_at].copy_from_slice(&bytes);
-        let func = self.matvec.clone();
         let args = (
-            tensor as i32,
+            tensor_id(tensor)?,
             first_row as i64,
             rows as i64,
             x_at as i32,
             y_at as i32,
             tmp_at as i32,
         );
-        func.call(&mut self.store, args).map_err(|e| {
-            anyhow!("guest export matvec on tensor {name} rows {first_row}..+{rows} failed: {e:?}")
+        self.call(exports::MATVEC, args, || {
+            format!("tensor {name} rows {first_row}..+{rows}")
         })?;
         Ok(self.read_f32s(y_at, rows as usize))
+    }
+
+    fn tensor_name(&self, tensor: usize) -> Result<String> {
+        self.names
+            .get(tensor)
+            .map(|n| format!("tensor {n}"))
+            .ok_or_else(|| anyhow!("no tensor {tensor}"))
     }
 
     /// A tensor's name and row length, if the guest has kernels for its type.
@@ -357,10 +356,7 @@ impl GuestInstance {
             .get(tensor)
             .ok_or_else(|| anyhow!("no tensor {tensor}"))?;
         let (ty, dims) = &self.types[tensor];
-        if !shardload_guest::KERNEL_TYPES
-            .iter()
-            .any(|(_, t, _, _)| t == ty)
-        {
+        if !GgmlType::from_name(ty).is_some_and(|t| shardload_guest::KERNEL_TYPES.contains(&t)) {
             bail!("unsupported type {ty} in tensor {name}: the guest has no kernel for it");
         }
         Ok((name.clone(), dims.first().copied().unwrap_or(0)))
@@ -370,9 +366,7 @@ impl GuestInstance {
         let have = self.scratch.data_size(&self.store);
         if end > have {
             let pages = (end - have).div_ceil(WASM_PAGE as usize) as u64;
-            self.scratch
-                .grow(&mut self.store, pages)
-                .map_err(|e| anyhow!("cannot grow scratch: {e:?}"))?;
+            wasm(self.scratch.grow(&mut self.store, pages)).context("cannot grow scratch")?;
         }
         Ok(())
     }
@@ -387,10 +381,9 @@ impl GuestInstance {
 
     /// The guest's own routing of a logical offset: `None` where no tensor lies.
     pub fn route(&mut self, logical: u64) -> Result<Option<(u32, u64)>> {
-        let (shard, offset) = self
-            .route
-            .call(&mut self.store, logical as i64)
-            .map_err(|e| anyhow!("guest export route({logical}) failed: {e:?}"))?;
+        let (shard, offset) = self.call(exports::ROUTE, (logical as i64,), || {
+            format!("logical offset {logical}")
+        })?;
         Ok((shard >= 0).then_some((shard as u32, offset as u64)))
     }
 
@@ -400,26 +393,41 @@ impl GuestInstance {
         (&mut self.store, self.shards[shard])
     }
 
-    fn call(
+    /// Calls a guest export: the one path every call takes, so none can
+    /// skip the check for lost file pages (a truncated model reads as zeros
+    /// while mapped; the SIGBUS handler counts such pages). `what` names the
+    /// tensor or range for errors; a trap stays inspectable as
+    /// [`wasmtime::Trap`] in the error's chain.
+    pub fn call<P: WasmParams, R: WasmResults>(
         &mut self,
-        export: &str,
-        tensor: usize,
-        f: impl FnOnce(&mut Store<()>, i32) -> wasmtime::Result<i64>,
-    ) -> Result<i64> {
-        let name = self
-            .names
-            .get(tensor)
-            .ok_or_else(|| anyhow!("no tensor {tensor}"))?;
-        let id = i32::try_from(tensor).context("tensor index")?;
+        export: Export<P, R>,
+        args: P,
+        what: impl FnOnce() -> String,
+    ) -> Result<R> {
+        let func = wasm(self.funcs[export.index].typed::<P, R>(&self.store))
+            .with_context(|| format!("guest export {} has another signature", export.name))?;
         let faults = fault::faults();
-        let result = f(&mut self.store, id)
-            .map_err(|e| anyhow!("guest export {export} on tensor {name} failed: {e:?}"))?;
+        let result = func.call(&mut self.store, args);
         if fault::faults() != faults {
             bail!(
-                "guest export {export} on tensor {name}: the model file changed while mapped (pages past its new end \
-                 read as zeros); reopen the model"
+                "guest export {} on {}: the model file changed while mapped (pages past its new end \
+                 read as zeros); reopen the model",
+                export.name,
+                what()
             );
         }
-        Ok(result)
+        wasm(result).with_context(|| format!("guest export {} on {} failed", export.name, what()))
     }
+}
+
+/// Wasmtime's error as anyhow's, keeping it whole (a trap stays a
+/// [`wasmtime::Trap`] for `downcast_ref`): the one conversion, so context can
+/// be added with anyhow's `Context`.
+fn wasm<T>(result: wasmtime::Result<T>) -> Result<T> {
+    result.map_err(anyhow::Error::from)
+}
+
+/// A tensor index as the guest's i32.
+fn tensor_id(tensor: usize) -> Result<i32> {
+    i32::try_from(tensor).context("tensor index out of the guest's range")
 }

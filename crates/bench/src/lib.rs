@@ -1,6 +1,7 @@
 //! Measurements as ratios against a baseline taken in the same run: mapped vs
 //! copied shard memories, and the guest vs the same work native on the host.
-//! Used by `shardload bench` and `benches/`; never by timed tests.
+//! Used by `shardload bench` and `benches/`; never by timed tests. A client
+//! of the store's public API, like any embedder.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use anyhow::Result;
 use shard_planner::Plan;
 use xxhash_rust::xxh64::xxh64;
 
-use crate::{DotProduct, LoadMode, WeightStore};
+use shardload_store::{DotProduct, GuestInstance, LoadMode, OpenModel, WeightStore};
 
 /// Best of this many repetitions, after one warm-up: machines are noisy.
 const REPEATS: usize = 3;
@@ -112,7 +113,7 @@ pub fn read_rates(store: &WeightStore) -> Result<ReadRates> {
         })
         .collect();
     let native = |f: &dyn Fn(&[u8]) -> u64,
-                  guest: &mut crate::GuestInstance|
+                  guest: &mut GuestInstance|
      -> Result<(Duration, Vec<u64>)> {
         best_of(|| {
             Ok(places
@@ -162,24 +163,6 @@ pub fn stream_fold(bytes: &[u8]) -> u64 {
     (folded as u64) ^ ((folded >> 64) as u64)
 }
 
-/// Writes the first `blocks` blocks of the Llama-3-70B Q4_K_M inventory with
-/// random bytes (a multi-GB model whose pages are really on disk), for
-/// measuring loads that cannot be served from a sparse file's holes.
-pub fn write_random_model(path: &std::path::Path, blocks: u64) -> Result<u64> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut fill = |_: usize, _: u64, buf: &mut [u8]| {
-        for word in buf.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-        }
-    };
-    let layout =
-        shardload_gguf::synthetic::llama3_70b_q4_k_m_blocks(blocks).write(path, Some(&mut fill))?;
-    Ok(layout.file_size)
-}
-
 /// One model's measurements.
 #[derive(Clone, Debug)]
 pub struct ModelReport {
@@ -206,7 +189,7 @@ pub fn measure(
     shards: u32,
     dot: Option<DotProduct>,
 ) -> Result<ModelReport> {
-    let model = crate::OpenModel::open(path)?;
+    let model = OpenModel::open(path)?;
     let plan = model.plan(&shard_planner::PlanOptions {
         shards: Some(shards),
         ..Default::default()
@@ -291,14 +274,13 @@ pub struct MatvecRate {
 /// types the guest has kernels for, split by rows across `threads` guest
 /// instances (sharing the mapped shards), against the native matvec over the
 /// same bytes of the model file's mapping (the same page-cache pages).
-pub fn decode_step(model: &crate::OpenModel, store: &WeightStore) -> Result<Vec<MatvecRate>> {
+pub fn decode_step(model: &OpenModel, store: &WeightStore) -> Result<Vec<MatvecRate>> {
     let plan = store.plan();
     let weights: Vec<usize> = (0..plan.tensors.len())
         .filter(|&t| plan.tensors[t].span.dims.len() == 2)
         .filter(|&t| {
-            shardload_guest::KERNEL_TYPES
-                .iter()
-                .any(|(_, ty, _, _)| *ty == plan.tensors[t].span.ty)
+            shardload_gguf::GgmlType::from_name(&plan.tensors[t].span.ty)
+                .is_some_and(|ty| shardload_guest::KERNEL_TYPES.contains(&ty))
         })
         .collect();
     let mut types: Vec<String> = weights
@@ -362,7 +344,7 @@ fn share(rows: u64, k: usize, threads: usize) -> (u64, u64) {
     )
 }
 
-fn sweep_guest(guests: &mut [crate::GuestInstance], plan: &Plan, tensors: &[usize]) -> Result<()> {
+fn sweep_guest(guests: &mut [GuestInstance], plan: &Plan, tensors: &[usize]) -> Result<()> {
     let threads = guests.len();
     std::thread::scope(|scope| {
         let workers: Vec<_> = guests
@@ -386,7 +368,7 @@ fn sweep_guest(guests: &mut [crate::GuestInstance], plan: &Plan, tensors: &[usiz
 }
 
 fn sweep_native(
-    model: &crate::OpenModel,
+    model: &OpenModel,
     plan: &Plan,
     tensors: &[usize],
     threads: usize,
