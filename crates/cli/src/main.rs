@@ -9,6 +9,7 @@ mod guest_cmd;
 mod plan_cmd;
 mod run_cmd;
 mod synth_cmd;
+mod tokenize_cmd;
 mod units;
 
 use std::path::PathBuf;
@@ -79,6 +80,17 @@ instance each), in GB/s of weight bytes. Page cache warm, best of 3 after a warm
   shardload run /tmp/llama-3-70b.gguf --shards 4 --sample 2
   shardload synth -o /tmp/l4.gguf --blocks 4 --random     # 3.6 GB of real bytes, for benchmarks")]
     Synth(SynthArgs),
+    /// Print a text's token ids and pieces, exactly as llama.cpp's llama-tokenize gives them.
+    #[command(after_help = "Examples:
+  shardload tokenize 'Hello world'                        # the default model
+  shardload tokenize models/gemma-3-270m-q4_k_m.gguf '<start_of_turn>user\nHi<end_of_turn>'
+  shardload tokenize -f prompt.txt --json | jq '.ids | length'
+  shardload tokenize models/gemma-3-270m-q4_k_m.gguf '<bos>' --no-special --no-bos
+
+BOS (and EOS) come first (last) when the model adds them (add_bos_token), as llama-tokenize.
+Control tokens written in the text (<|im_start|>, <start_of_turn>) become their ids unless
+--no-special. Any bytes are accepted (--file); see the README's Tokenizers section for invalid UTF-8.")]
+    Tokenize(tokenize_cmd::TokenizeArgs),
 }
 
 /// How to split a model: shared by every command that plans.
@@ -243,6 +255,7 @@ fn main() -> ExitCode {
         Command::Guest(args) => guest_cmd::run(&args),
         Command::Bench(args) => bench_cmd::run(&args),
         Command::Synth(args) => synth_cmd::run(&args),
+        Command::Tokenize(args) => tokenize_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,13 @@ pub struct Tokenizer<'a> {
     pub eos: Option<u64>,
     /// `tokenizer.ggml.add_bos_token`: whether encoding starts with BOS.
     pub add_bos: Option<bool>,
+    /// `tokenizer.ggml.eot_token_id`: end of turn, where the converter recorded it.
+    pub eot: Option<u64>,
+    /// `tokenizer.ggml.add_eos_token`: whether encoding ends with EOS.
+    pub add_eos: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix`: whether sentencepiece-style encoding
+    /// puts a space before the text (Llama 2 does, Gemma does not).
+    pub add_space_prefix: Option<bool>,
 }
 
 impl GgufFile {
@@ -31,6 +38,10 @@ impl GgufFile {
     pub fn tokenizer(&self) -> Option<Tokenizer<'_>> {
         let array = |key: &str| self.get(key).and_then(Value::as_array);
         let id = |key: &str| self.get(key).and_then(Value::as_u64);
+        let flag = |key: &str| match self.get(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        };
         Some(Tokenizer {
             model: self.get("tokenizer.ggml.model")?.as_str()?,
             pre: self.get("tokenizer.ggml.pre").and_then(Value::as_str),
@@ -40,10 +51,10 @@ impl GgufFile {
             token_types: array("tokenizer.ggml.token_type"),
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
-            add_bos: match self.get("tokenizer.ggml.add_bos_token") {
-                Some(Value::Bool(b)) => Some(*b),
-                _ => None,
-            },
+            add_bos: flag("tokenizer.ggml.add_bos_token"),
+            eot: id("tokenizer.ggml.eot_token_id"),
+            add_eos: flag("tokenizer.ggml.add_eos_token"),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix"),
         })
     }
 }

@@ -1,0 +1,376 @@
+//! Byte-level BPE, as llama.cpp's `llm_tokenizer_bpe`: the text is cut into
+//! words by the pre-tokenizer's regexes, each word's bytes are spelled in
+//! GPT-2's byte alphabet, and adjacent symbols are merged by merge rank
+//! (lowest first, leftmost on ties) until no merge applies.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use fancy_regex::Regex;
+use rustc_hash::FxHashMap;
+use shardload_gguf::Value;
+
+use crate::{Error, Tokenizer};
+
+/// The pre-tokenizers supported, by `tokenizer.ggml.pre`.
+#[derive(Clone, Copy)]
+pub(crate) enum Pre {
+    /// `smollm` (also StarCoder's): digits one by one, then GPT-2's words.
+    Smollm,
+    /// `llama-bpe` (Llama 3): up to three digits, case-insensitive contractions.
+    Llama3,
+    /// `default`: punctuation runs, GPT-2's words, numbers, three-digit groups.
+    Default,
+}
+
+/// GPT-2's word regex as llama.cpp writes it (no trailing `|\s+`).
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+
+impl Pre {
+    pub(crate) fn from_name(name: &str) -> Option<Pre> {
+        match name {
+            "smollm" => Some(Pre::Smollm),
+            "llama3" | "llama-v3" | "llama-bpe" => Some(Pre::Llama3),
+            "default" => Some(Pre::Default),
+            _ => None,
+        }
+    }
+
+    /// llama.cpp's regexes for this pre-tokenizer (llama-vocab.cpp), applied
+    /// one after another: each splits the pieces the previous one made.
+    fn regexes(self) -> &'static [&'static str] {
+        match self {
+            Pre::Smollm => &[r"\p{N}", GPT2],
+            Pre::Llama3 => &[
+                r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            ],
+            Pre::Default => &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
+        }
+    }
+
+    fn ignore_merges(self) -> bool {
+        matches!(self, Pre::Llama3)
+    }
+}
+
+/// A missing byte token: the byte is dropped, as llama.cpp drops it.
+const MISSING: u32 = u32::MAX;
+
+pub(crate) struct Bpe {
+    regexes: Vec<Regex>,
+    ignore_merges: bool,
+    /// The token of each byte's GPT-2 character (`Ġ` for a space).
+    byte_ids: [u32; 256],
+    /// (left, right) -> (rank, merged token).
+    merges: FxHashMap<(u32, u32), (u32, u32)>,
+}
+
+/// GPT-2's byte alphabet: printable bytes stand for themselves, the others
+/// for the code points from U+0100 on, in byte order.
+fn byte_char(byte: u8) -> char {
+    const fn printable(b: u8) -> bool {
+        matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
+    }
+    if printable(byte) {
+        return char::from(byte);
+    }
+    let n = (0..byte).filter(|&b| !printable(b)).count() as u32;
+    char::from_u32(0x100 + n).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+impl Bpe {
+    pub(crate) fn new(
+        pre: Pre,
+        merges: &[Value],
+        token_to_id: &FxHashMap<Box<[u8]>, u32>,
+    ) -> Result<Bpe, Error> {
+        const KEY: &str = "tokenizer.ggml.merges";
+        let regexes = pre
+            .regexes()
+            .iter()
+            .map(|r| {
+                Regex::new(r).map_err(|e| Error::Key {
+                    key: "tokenizer.ggml.pre",
+                    message: format!("regex {r}: {e}"),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut byte_ids = [MISSING; 256];
+        for (b, id) in byte_ids.iter_mut().enumerate() {
+            let mut buf = [0u8; 4];
+            let c = byte_char(b as u8).encode_utf8(&mut buf);
+            if let Some(&found) = token_to_id.get(c.as_bytes()) {
+                *id = found;
+            }
+        }
+        let mut table = FxHashMap::default();
+        table.reserve(merges.len());
+        let id = |i: usize, part: &str| {
+            token_to_id
+                .get(part.as_bytes())
+                .copied()
+                .ok_or_else(|| Error::Key {
+                    key: KEY,
+                    message: format!("merge {i} names {part:?}, which is not a token"),
+                })
+        };
+        for (i, merge) in merges.iter().enumerate() {
+            let text = merge.as_str().ok_or_else(|| Error::Key {
+                key: KEY,
+                message: format!("entry {i} is not a string"),
+            })?;
+            // As llama.cpp: split at the first space after the first byte.
+            let at = text
+                .bytes()
+                .skip(1)
+                .position(|b| b == b' ')
+                .map(|p| p + 1)
+                .ok_or_else(|| Error::Key {
+                    key: KEY,
+                    message: format!("merge {i} ({text:?}) is not two tokens separated by a space"),
+                })?;
+            let (left, right) = (&text[..at], &text[at + 1..]);
+            let pair = (id(i, left)?, id(i, right)?);
+            let merged = id(i, &format!("{left}{right}"))?;
+            table.entry(pair).or_insert((i as u32, merged));
+        }
+        Ok(Bpe {
+            regexes,
+            ignore_merges: pre.ignore_merges(),
+            byte_ids,
+            merges: table,
+        })
+    }
+
+    /// Appends the tokens of one text fragment.
+    pub(crate) fn encode(
+        &self,
+        tok: &Tokenizer,
+        raw: &[u8],
+        session: &mut Session,
+        out: &mut Vec<u32>,
+    ) {
+        let (text, surrogates) = lenient_utf8(raw);
+        if !surrogates.is_empty() {
+            // Rare enough to go word by word: stand-ins back to surrogate bytes.
+            split(&self.regexes, &text, &mut |word| {
+                let at = word.as_ptr() as usize - text.as_ptr() as usize;
+                let mut bytes = word.as_bytes().to_vec();
+                for &s in surrogates
+                    .iter()
+                    .filter(|&&s| s >= at && s < at + word.len())
+                {
+                    bytes[s - at] = 0xED;
+                    bytes[s - at + 1] += 0x20;
+                }
+                self.word(tok, &bytes, session, out);
+            });
+            return;
+        }
+        // Words repeat: each distinct word is merged once per fragment.
+        let mut seen: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
+        split(&self.regexes, &text, &mut |word| {
+            if let Some(&(start, len)) = seen.get(word) {
+                out.extend_from_within(start..start + len);
+                return;
+            }
+            let start = out.len();
+            self.word(tok, word.as_bytes(), session, out);
+            seen.insert(word, (start, out.len() - start));
+        });
+    }
+
+    fn word(&self, tok: &Tokenizer, word: &[u8], s: &mut Session, out: &mut Vec<u32>) {
+        if self.ignore_merges {
+            s.spelled.clear();
+            for &b in word {
+                s.spelled.push(byte_char(b));
+            }
+            if let Some(id) = tok.id_of(s.spelled.as_bytes()) {
+                out.push(id);
+                return;
+            }
+        }
+        let ids = &mut s.ids;
+        ids.clear();
+        ids.extend(word.iter().map(|&b| self.byte_ids[usize::from(b)]));
+        let n = ids.len();
+        if n > 1 {
+            s.next.clear();
+            s.next.extend(1..=n);
+            s.prev.clear();
+            s.prev.extend((0..n).map(|i| i.wrapping_sub(1)));
+            let heap = &mut s.heap;
+            heap.clear();
+            let candidate = |ids: &[u32], l: usize, r: usize| {
+                self.merges
+                    .get(&(ids[l], ids[r]))
+                    .map(|&(rank, _)| Reverse((rank, l, r, ids[l], ids[r])))
+            };
+            for i in 1..n {
+                heap.extend(candidate(ids, i - 1, i));
+            }
+            while let Some(Reverse((_, l, r, lid, rid))) = heap.pop() {
+                // Stale: either side changed since this pair was seen.
+                if ids[l] != lid || ids[r] != rid || s.next[l] != r {
+                    continue;
+                }
+                let Some(&(_, merged)) = self.merges.get(&(lid, rid)) else {
+                    continue;
+                };
+                ids[l] = merged;
+                ids[r] = MISSING;
+                let after = s.next[r];
+                s.next[l] = after;
+                s.next[r] = n;
+                if after < n {
+                    s.prev[after] = l;
+                    heap.extend(candidate(ids, l, after));
+                }
+                let before = s.prev[l];
+                if before < n {
+                    heap.extend(candidate(ids, before, l));
+                }
+            }
+            let mut i = 0;
+            while i < n {
+                if ids[i] != MISSING {
+                    out.push(ids[i]);
+                }
+                i = s.next[i];
+            }
+        } else {
+            out.extend(ids.iter().copied().filter(|&id| id != MISSING));
+        }
+    }
+}
+
+/// A merge waiting in the queue: (rank, left index, right index, left id,
+/// right id); lowest rank first, then leftmost.
+type Candidate = (u32, usize, usize, u32, u32);
+
+/// Buffers reused from word to word.
+#[derive(Default)]
+pub(crate) struct Session {
+    ids: Vec<u32>,
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    heap: BinaryHeap<Reverse<Candidate>>,
+    spelled: String,
+}
+
+/// Cuts `text` with the first regex into matches and the gaps between them
+/// (both are pieces, as llama.cpp's `unicode_regex_split`), then each piece
+/// with the rest.
+fn split<'t>(regexes: &[Regex], text: &'t str, f: &mut impl FnMut(&'t str)) {
+    let Some((first, rest)) = regexes.split_first() else {
+        f(text);
+        return;
+    };
+    let mut at = 0;
+    for m in first.find_iter(text) {
+        let Ok(m) = m else {
+            // The backtracking limit: only hostile input gets here; the rest
+            // stays one piece rather than failing.
+            break;
+        };
+        if m.start() > at {
+            split(rest, &text[at..m.start()], f);
+        }
+        if m.end() > m.start() {
+            split(rest, m.as_str(), f);
+        }
+        at = m.end();
+    }
+    if at < text.len() {
+        split(rest, &text[at..], f);
+    }
+}
+
+/// Text from bytes as llama.cpp's `unicode_cpts_from_utf8` reads them: a byte
+/// that does not start a complete sequence becomes U+FFFD and reading goes on
+/// at the next byte. Sequences are not checked further: overlong forms give
+/// their code point, and a surrogate (which llama.cpp keeps, and which no `str`
+/// can hold) is held by the private-use stand-in U+E000 + (s - U+D800), of the
+/// same regex class; its byte offsets are returned to put its bytes back.
+/// Code points past U+10FFFF (llama.cpp throws on them) become U+FFFD.
+fn lenient_utf8(bytes: &[u8]) -> (Cow<'_, str>, Vec<usize>) {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return (Cow::Borrowed(text), Vec::new());
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    let mut surrogates = Vec::new();
+    let mut i = 0;
+    let cont = |j: usize| bytes.get(j).is_some_and(|&b| b & 0xC0 == 0x80);
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (cpt, len) = if b < 0x80 {
+            (u32::from(b), 1)
+        } else if b & 0x40 == 0 {
+            (0xFFFD, 1)
+        } else if b & 0x20 == 0 {
+            if cont(i + 1) {
+                (
+                    (u32::from(b & 0x1F) << 6) | u32::from(bytes[i + 1] & 0x3F),
+                    2,
+                )
+            } else {
+                (0xFFFD, 1)
+            }
+        } else if b & 0x10 == 0 {
+            if cont(i + 1) && cont(i + 2) {
+                let c = (u32::from(b & 0x0F) << 12)
+                    | (u32::from(bytes[i + 1] & 0x3F) << 6)
+                    | u32::from(bytes[i + 2] & 0x3F);
+                (c, 3)
+            } else {
+                (0xFFFD, 1)
+            }
+        } else if b & 0x08 == 0 {
+            if cont(i + 1) && cont(i + 2) && cont(i + 3) {
+                let c = (u32::from(b & 0x07) << 18)
+                    | (u32::from(bytes[i + 1] & 0x3F) << 12)
+                    | (u32::from(bytes[i + 2] & 0x3F) << 6)
+                    | u32::from(bytes[i + 3] & 0x3F);
+                (c, 4)
+            } else {
+                (0xFFFD, 1)
+            }
+        } else {
+            (0xFFFD, 1)
+        };
+        let c = if (0xD800..0xE000).contains(&cpt) {
+            surrogates.push(out.len());
+            cpt - 0xD800 + 0xE000
+        } else {
+            cpt
+        };
+        out.push(char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER));
+        i += len;
+    }
+    (Cow::Owned(out), surrogates)
+}
+
+/// A byte-level token's text as bytes: each GPT-2 character back to its byte
+/// (a character outside the alphabet is kept as it is).
+pub(crate) fn decode_text(text: &[u8], out: &mut Vec<u8>) {
+    for c in String::from_utf8_lossy(text).chars() {
+        match byte_of(c) {
+            Some(b) => out.push(b),
+            None => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+fn byte_of(c: char) -> Option<u8> {
+    let c = u32::from(c);
+    if c < 0x100 {
+        let b = c as u8;
+        return (byte_char(b) == char::from(b)).then_some(b);
+    }
+    (0..=255u8).find(|&b| u32::from(byte_char(b)) == c)
+}
