@@ -137,7 +137,11 @@ fn a_trap_names_the_export_and_the_tensor() {
     let rows = tensor.span.dims[1];
     let error = guest.dequantize(index, rows, 1).unwrap_err();
     let trap = error.downcast_ref::<wasmtime::Trap>().copied();
-    assert_eq!(trap, Some(wasmtime::Trap::UnreachableCodeReached), "{error:?}");
+    assert_eq!(
+        trap,
+        Some(wasmtime::Trap::UnreachableCodeReached),
+        "{error:?}"
+    );
     let message = format!("{error:#}");
     assert!(
         message.contains("guest export dequantize") && message.contains("blk.0.attn_q.weight"),
@@ -189,10 +193,22 @@ fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
     // Each export on a fresh instance, so no page is already resident from an
     // earlier export's read.
     let exports: [(&str, Box<dyn Fn(&mut GuestInstance) -> anyhow::Result<()>>); 4] = [
-        ("xxh64_tensor", Box::new(move |g| g.xxh64_tensor(last).map(drop))),
-        ("stream_tensor", Box::new(move |g| g.stream_tensor(last).map(drop))),
-        ("dequantize", Box::new(move |g| g.dequantize(last, 0, 1).map(drop))),
-        ("matvec", Box::new(move |g| g.matvec(last, 0, 1, &x).map(drop))),
+        (
+            "xxh64_tensor",
+            Box::new(move |g| g.xxh64_tensor(last).map(drop)),
+        ),
+        (
+            "stream_tensor",
+            Box::new(move |g| g.stream_tensor(last).map(drop)),
+        ),
+        (
+            "dequantize",
+            Box::new(move |g| g.dequantize(last, 0, 1).map(drop)),
+        ),
+        (
+            "matvec",
+            Box::new(move |g| g.matvec(last, 0, 1, &x).map(drop)),
+        ),
     ];
     let mut guests: Vec<GuestInstance> = exports
         .iter()
@@ -216,5 +232,8 @@ fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
     // The host's own reads of the file fail cleanly too.
     assert!(store.host_xxh64(last).is_err());
     // Tensors in the part that remains still verify.
-    assert_eq!(guests[0].xxh64_tensor(0).unwrap(), store.host_xxh64(0).unwrap());
+    assert_eq!(
+        guests[0].xxh64_tensor(0).unwrap(),
+        store.host_xxh64(0).unwrap()
+    );
 }

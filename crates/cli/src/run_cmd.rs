@@ -55,20 +55,20 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
 
     let mut instances = Vec::new();
     let mut usage = Vec::new();
-    let mut first = None;
+    let mut results = Vec::new();
     for k in 0..args.instances.max(1) {
         let (mut guest, timings) = store.instantiate()?;
         let verified = verify(&mut guest, plan, &selection, &reference)?;
         usage.push((k + 1, MemoryUsage::now()?));
-        if first.is_none() {
-            first = Some((timings, verified));
-        }
+        results.push((timings, verified));
         instances.push(guest);
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let (timings, verified) = first.expect("at least one instance");
+    // Every instance's verification counts; the first's timings describe a load.
+    let failures = failures(results.iter().map(|(_, v)| v));
+    let (timings, verified) = &results[0];
     let ready = plan_time + timings.load() + compile_time + timings.instantiate;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let verified_bytes: u64 = selection.iter().map(|&t| plan.tensors[t].span.bytes).sum();
@@ -96,7 +96,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                     "xxh64": format!("{hash:016x}"),
                 })
             }).collect::<Vec<_>>(),
-            "failed": verified.failed.len(),
+            "failed": failures.len(),
+            "failures": failures.iter().map(|&(instance, t)| json!({
+                "instance": instance, "tensor": plan.tensors[t].span.name,
+            })).collect::<Vec<_>>(),
             "timings_ms": {
                 "plan": ms(plan_time),
                 "load": ms(timings.load()),
@@ -166,11 +169,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             ms(timings.instantiate)
         );
         println!(
-            "verified  {} of {} tensors ({}): {} failed",
+            "verified  {} of {} tensors ({}) in each of {} instance{}: {} failed",
             selection.len(),
             plan.tensors.len(),
             human(verified_bytes),
-            verified.failed.len()
+            results.len(),
+            if results.len() == 1 { "" } else { "s" },
+            failures.len()
         );
         for (k, u) in &usage {
             println!(
@@ -184,14 +189,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 human(u.private_clean)
             );
         }
-        for &t in &verified.failed {
-            eprintln!(
-                "shardload: tensor {} failed verification",
-                plan.tensors[t].span.name
-            );
-        }
     }
-    Ok(if verified.failed.is_empty() {
+    for &(instance, t) in &failures {
+        eprintln!(
+            "shardload: tensor {} failed verification in instance {instance}",
+            plan.tensors[t].span.name
+        );
+    }
+    Ok(if failures.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -241,6 +246,15 @@ fn select(plan: &Plan, sample: Option<usize>) -> Vec<usize> {
     chosen
 }
 
+/// Every failed verification as (instance, tensor), instances counted from 1:
+/// what the report, the messages and the exit code are made of.
+fn failures<'a>(instances: impl Iterator<Item = &'a Verified>) -> Vec<(usize, usize)> {
+    instances
+        .enumerate()
+        .flat_map(|(k, v)| v.failed.iter().map(move |&t| (k + 1, t)))
+        .collect()
+}
+
 fn verify(
     guest: &mut shardload_store::GuestInstance,
     plan: &Plan,
@@ -265,4 +279,25 @@ fn verify(
         verified.hashes.push((t, hash));
     }
     Ok(verified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verified(failed: Vec<usize>) -> Verified {
+        Verified {
+            hashes: Vec::new(),
+            failed,
+            per_shard: Vec::new(),
+            total: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_failure_in_any_instance_fails_the_run_and_names_the_instance() {
+        let instances = [verified(vec![]), verified(vec![7]), verified(vec![3, 9])];
+        assert_eq!(failures(instances.iter()), [(2, 7), (3, 3), (3, 9)]);
+        assert!(failures([verified(vec![]), verified(vec![])].iter()).is_empty());
+    }
 }

@@ -48,20 +48,56 @@ fn run_json_hashes_every_tensor_as_python_xxhash_does() {
 
 #[test]
 fn sample_verifies_the_first_last_and_spaced_tensors_of_each_shard() {
-    let path = model(GEMMA);
+    let path = model(SMOLLM2);
+    let path = path.to_str().unwrap();
+    let plan = json(&shardload(&["plan", path, "--shards", "3", "--json"]));
+    // The plan's own shard lists: per shard, the tensors a sample of 3 must
+    // verify are its first, its middle and its last, in that order.
+    let names = |indices: &[serde_json::Value]| -> Vec<String> {
+        indices
+            .iter()
+            .map(|i| {
+                plan["tensors"][i.as_u64().unwrap() as usize]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let mut expected = Vec::new();
+    for shard in plan["shards"].as_array().unwrap() {
+        let tensors = shard["tensors"].as_array().unwrap();
+        let n = tensors.len();
+        assert!(
+            n >= 3,
+            "each shard of the test plan holds at least 3 tensors"
+        );
+        expected.extend(names(&[
+            tensors[0].clone(),
+            tensors[(n - 1) / 2].clone(),
+            tensors[n - 1].clone(),
+        ]));
+    }
     let args = [
         "run",
-        path.to_str().unwrap(),
+        path,
         "--shards",
         "3",
         "--sample",
-        "2",
+        "3",
         "--instances",
         "2",
         "--json",
     ];
     let report = json(&shardload(&args));
-    assert_eq!(report["tensors"].as_array().unwrap().len(), 6);
+    let verified: Vec<String> = report["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(verified, expected);
+    assert_eq!(report["failed"], 0);
     assert_eq!(report["memory"].as_array().unwrap().len(), 2);
 }
 

@@ -17,11 +17,8 @@ use std::sync::{Arc, Mutex};
 use crate::fault;
 use anyhow::{Context, Result, anyhow, ensure};
 use rayon::prelude::*;
-use shard_planner::{HOST_PAGE, Shard};
+use shard_planner::Shard;
 use wasmtime::{Engine, Instance, LinearMemory, Memory, MemoryCreator, MemoryType, Module, Store};
-
-/// The host page size as a `usize`, for address arithmetic.
-pub(crate) const HOST_PAGE_SIZE: usize = HOST_PAGE as usize;
 
 /// How shard memories get their bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +99,8 @@ struct MappedMemory {
     base: *mut u8,
     reservation: usize,
     size: usize,
-    _watch: fault::Guard,
+    /// `None` only while `new` builds the memory; dropped before unmapping.
+    watch: Option<fault::Guard>,
 }
 
 // SAFETY: the mapping is owned by this value and only reached through
@@ -128,12 +126,25 @@ impl MappedMemory {
         if base == libc::MAP_FAILED {
             return Err(os_error("cannot reserve address space for a shard"));
         }
-        let memory = MappedMemory {
+        let mut memory = MappedMemory {
             base: base.cast(),
             reservation,
             size: source.bytes,
-            _watch: fault::watch(base.cast(), source.bytes),
+            watch: None,
         };
+        let page_size = fault::page_size();
+        if let Some(range) = source
+            .extents
+            .iter()
+            .find(|r| r.file_offset % page_size as u64 != 0 || r.memory_offset % page_size != 0)
+        {
+            return Err(format!(
+                "an extent at file offset {} is not aligned to this host's {page_size}-byte pages; \
+                 use --load copy",
+                range.file_offset
+            ));
+        }
+        memory.watch = Some(fault::watch(base.cast(), source.bytes)?);
         // SAFETY: every MAP_FIXED mapping below lies inside our own reservation.
         unsafe {
             // Zero pages for the whole memory, then the file extents over them.
@@ -152,7 +163,7 @@ impl MappedMemory {
                 // Extents end inside the file, so no mapped page lies wholly past its end.
                 let mapped = libc::mmap(
                     memory.base.add(range.memory_offset).cast(),
-                    range.length.next_multiple_of(HOST_PAGE_SIZE),
+                    range.length.next_multiple_of(page_size),
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_FIXED,
                     range.file.as_raw_fd(),
@@ -169,6 +180,8 @@ impl MappedMemory {
 
 impl Drop for MappedMemory {
     fn drop(&mut self) {
+        // Unregister first: the handler must never claim pages being unmapped.
+        drop(self.watch.take());
         // SAFETY: unmaps exactly the reservation made in `new`.
         unsafe { libc::munmap(self.base.cast(), self.reservation) };
     }
