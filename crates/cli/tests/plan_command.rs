@@ -125,6 +125,25 @@ fn a_file_that_is_not_gguf_exits_1_naming_the_file() {
 }
 
 #[test]
+fn a_model_without_tensors_says_so_whatever_the_shard_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.gguf");
+    // Magic, version 3, no tensors, no metadata, padded to the alignment.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&[0; 16]);
+    bytes.resize(32, 0);
+    std::fs::write(&file, bytes).unwrap();
+    for shards in [&[][..], &["--shards", "1"], &["--shards", "4"]] {
+        let output = shardload(&[&["plan", file.to_str().unwrap()], shards].concat());
+        assert_eq!(output.status.code(), Some(1));
+        let error = stderr(&output);
+        assert!(error.contains("the model has no tensors"), "{error}");
+        assert!(!error.contains("cannot make"), "{error}");
+    }
+}
+
+#[test]
 fn help_teaches_with_examples() {
     let output = shardload(&["plan", "--help"]);
     assert!(output.status.success());

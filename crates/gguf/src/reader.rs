@@ -22,6 +22,10 @@ pub const MAX_NAME_BYTES: usize = 64;
 pub const MAX_DIMS: usize = 4;
 /// Deepest array nesting accepted: deeper is hostile (and would recurse deeply).
 const MAX_ARRAY_DEPTH: usize = 8;
+/// Why a bool byte other than 0 or 1 is refused, in the error after the value.
+const BOOL_RULE: &str = "not 0 or 1: the GGUF spec (GGUF_METADATA_VALUE_TYPE_BOOL) \
+    says \"1-byte value where 0 is false and 1 is true. Anything else is invalid\"; \
+    llama.cpp and gguf-py are lenient and read any other byte as true";
 /// Most metadata values (array elements included) a file may hold: a large
 /// tokenizer holds about a million, and each costs memory whatever its size.
 const MAX_METADATA_VALUES: u64 = 16 << 20;
@@ -172,7 +176,8 @@ impl<'a> Cursor<'a> {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
                 other => {
-                    return Err(self.error(at, field(), format!("bool is {other}, not 0 or 1")));
+                    // Stricter than llama.cpp and gguf-py, on purpose: see BOOL_RULE.
+                    return Err(self.error(at, field(), format!("bool is {other}, {BOOL_RULE}")));
                 }
             },
             8 => Value::String(String::from_utf8_lossy(self.string_bytes(field)?).into_owned()),
@@ -362,10 +367,19 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
     let mut previous_end = 0u64;
     for &(offset, size, offset_at, i) in &starts {
         let what = format!("tensor {i} ({}) offset", tensors[i].name);
-        let end = offset.checked_add(size).filter(|&end| end <= data_size).ok_or_else(|| {
-            let message = format!("{size} bytes at data offset {offset} run past the file's {data_size} data bytes");
-            c.error(offset_at, what.clone(), message)
-        })?;
+        // As llama.cpp reads the data section: every tensor padded to the
+        // alignment (its writers, and gguf-py's, pad the last one too).
+        let end = offset.checked_add(size);
+        let padded_end = end.and_then(|end| end.checked_next_multiple_of(alignment));
+        let end = end
+            .filter(|_| padded_end.is_some_and(|e| e <= data_size))
+            .ok_or_else(|| {
+                let message = format!(
+                    "{size} bytes at data offset {offset}, padded to the alignment {alignment}, \
+                     run past the file's {data_size} data bytes"
+                );
+                c.error(offset_at, what.clone(), message)
+            })?;
         if offset < previous_end {
             return Err(c.error(offset_at, what, "overlaps another tensor's data"));
         }

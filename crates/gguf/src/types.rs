@@ -168,7 +168,11 @@ mod tests {
             (GgmlType::Q2_0, 42, 64, 2 + 64 / 4),
         ];
         for (ty, id, block, size) in sizes {
-            assert_eq!((ty.id(), ty.block_size(), ty.type_size()), (id, block, size), "{ty:?}");
+            assert_eq!(
+                (ty.id(), ty.block_size(), ty.type_size()),
+                (id, block, size),
+                "{ty:?}"
+            );
         }
     }
 

@@ -157,6 +157,14 @@ fn a_bool_that_is_neither_0_nor_1_is_refused() {
     let at = raw.at();
     raw.0.push(2);
     assert_refused(&raw, "metadata flag", at, "not 0 or 1");
+    let error = refused(&raw).to_string();
+    for says in [
+        "GGUF spec",
+        "GGUF_METADATA_VALUE_TYPE_BOOL",
+        "llama.cpp and gguf-py are lenient",
+    ] {
+        assert!(error.contains(says), "{error}");
+    }
 }
 
 #[test]
@@ -264,6 +272,24 @@ fn a_tensor_past_the_end_of_the_file_is_refused() {
     let mut raw = Raw::header(3, 1, 0);
     raw.tensor("t", &[8], 0, u64::MAX - 31).data(64);
     assert_refused(&raw, "tensor 0 (t) offset", at, "run past the file");
+}
+
+#[test]
+fn a_last_tensor_without_its_alignment_padding_is_refused_as_llama_cpp_does() {
+    // llama.cpp reads the data section as every tensor padded to the
+    // alignment, the last one too (llama.cpp's tests/test-gguf.cpp,
+    // DATA_NOT_ENOUGH_DATA): 8 f32 bytes short of 32 are not enough.
+    let mut raw = Raw::header(3, 1, 0);
+    let at = raw.at() + 8 + 1 + 4 + 8 + 4;
+    raw.tensor("t", &[2], 0, 0).data(8);
+    assert_refused(
+        &raw,
+        "tensor 0 (t) offset",
+        at,
+        "padded to the alignment 32",
+    );
+    raw.data(32);
+    parse(Path::new("padded.gguf"), &raw.0).unwrap();
 }
 
 #[test]
