@@ -89,7 +89,8 @@ pub struct TensorLoc {
 
 /// The bytes the host writes at scratch offset 0.
 pub fn encode_tables(routes: &[Route], tensors: &[TensorLoc]) -> Vec<u8> {
-    let mut out = vec![0u8; HEADER_BYTES + routes.len() * ROUTE_BYTES + tensors.len() * TENSOR_BYTES];
+    let mut out =
+        vec![0u8; HEADER_BYTES + routes.len() * ROUTE_BYTES + tensors.len() * TENSOR_BYTES];
     let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
     put(0, &TABLE_MAGIC.to_le_bytes());
     put(4, &TABLE_VERSION.to_le_bytes());
@@ -133,7 +134,10 @@ pub(crate) fn fill(template: &str, extra: &[(&str, String)]) -> String {
     }
     if let Some(at) = text.find('{') {
         let end = text[at..].find('}').map_or(text.len(), |e| at + e + 1);
-        panic!("guest WAT template: undefined placeholder {}", &text[at..end]);
+        panic!(
+            "guest WAT template: undefined placeholder {}",
+            &text[at..end]
+        );
     }
     text
 }

@@ -7,8 +7,8 @@
 //! emitted once per shard memory and reached through a `br_table` dispatcher.
 
 pub mod abi;
-pub mod exports;
 mod dequantize;
+pub mod exports;
 mod matvec;
 mod quants;
 
@@ -163,6 +163,28 @@ fn stream_function(shard: u32) -> String {
     )
 }
 
+/// `$f32_weights_{shard}(p, out, n)`: the n f32 at `out` (n a multiple of 4)
+/// times the F32 weights at `p` in the shard, element by element (norm
+/// weights, read in place); `$f32_at_{shard}(p)`: one F32 weight.
+fn f32_weight_functions(shard: u32) -> String {
+    let m = shard + 1;
+    format!(
+        r#"
+  (func $f32_weights_{shard} (param $p i64) (param $out i32) (param $n i32)
+    (local $i i32) (local $at i32)
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $at (i32.add (local.get $out) (i32.shl (local.get $i) (i32.const 2))))
+        (v128.store $m0 (local.get $at) (f32x4.mul (v128.load $m0 (local.get $at))
+          (v128.load $m{m} (i64.add (local.get $p) (i64.extend_i32_u (i32.shl (local.get $i) (i32.const 2)))))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $each))))
+  (func $f32_at_{shard} (param $p i64) (result f32)
+    (f32.load $m{m} (local.get $p)))"#
+    )
+}
+
 /// `(func {header} (param $shard i32) params... (result ...))` that calls
 /// `${target}_{k}(params...)` for shard k through a `br_table`, trapping on
 /// an unknown shard: how every weight-reading function reaches the code
@@ -233,7 +255,18 @@ pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
     for k in 0..shards {
         wat += &xxh64_function(k);
         wat += &stream_function(k);
+        wat += &f32_weight_functions(k);
     }
+    wat += &shard_dispatch(
+        "$f32_weights",
+        "f32_weights",
+        &["p i64", "out i32", "n i32"],
+        None,
+        shards,
+    );
+    wat += &shard_dispatch("$f32_at", "f32_at", &["p i64"], Some("f32"), shards);
+    wat += include_str!("../wat/math.wat");
+    wat += &abi::fill(include_str!("../wat/forward.wat"), &[]);
     let emitted: Vec<GgmlType> = KERNEL_TYPES
         .iter()
         .copied()

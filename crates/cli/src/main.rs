@@ -5,6 +5,7 @@
 //! `shardload-store`.
 
 mod bench_cmd;
+mod generate_cmd;
 mod guest_cmd;
 mod plan_cmd;
 mod run_cmd;
@@ -91,6 +92,17 @@ BOS (and EOS) come first (last) when the model adds them (add_bos_token), as lla
 Control tokens written in the text (<|im_start|>, <start_of_turn>) become their ids unless
 --no-special. Any bytes are accepted (--file); see the README's Tokenizers section for invalid UTF-8.")]
     Tokenize(tokenize_cmd::TokenizeArgs),
+    /// Generate text from a prompt: the whole transformer runs in the guest over the mapped shards.
+    #[command(after_help = "Examples:
+  shardload generate -p \"The capital of France is\" -n 32 --temp 0      # greedy, the default model
+  shardload generate models/SmolLM2-135M-Instruct.Q4_1.gguf -f prompt.txt --shards 3
+  shardload generate llama-3-70b.gguf --prompt-tokens 128000,791,6864 -n 1 --ctx 512
+  shardload generate -p \"<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n\" --json
+
+Text streams to stdout as it is made; prompt and generation speed, time to first token, time to
+ready and memory go to stderr. Sampling defaults are llama.cpp's (--temp 0.8 --top-k 40 --top-p
+0.95 --min-p 0.05); --temp 0 is greedy. Supported architectures: llama.")]
+    Generate(generate_cmd::GenerateArgs),
 }
 
 /// How to split a model: shared by every command that plans.
@@ -256,6 +268,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench_cmd::run(&args),
         Command::Synth(args) => synth_cmd::run(&args),
         Command::Tokenize(args) => tokenize_cmd::run(&args),
+        Command::Generate(args) => generate_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

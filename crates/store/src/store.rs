@@ -93,9 +93,8 @@ impl WeightStore {
                 Err(relaxed) => match compile(DotProduct::Plain) {
                     Ok(guest) => (guest, DotProduct::Plain),
                     Err(plain) => {
-                        return Err(plain.context(format!(
-                            "the relaxed-SIMD guest failed first: {relaxed:#}"
-                        )));
+                        return Err(plain
+                            .context(format!("the relaxed-SIMD guest failed first: {relaxed:#}")));
                     }
                 },
             },
@@ -362,7 +361,25 @@ impl GuestInstance {
         Ok((name.clone(), dims.first().copied().unwrap_or(0)))
     }
 
-    fn ensure_scratch(&mut self, end: usize) -> Result<()> {
+    /// The first scratch byte past the routing tables: where a caller's
+    /// activations, caches and kernel buffers may go.
+    pub fn scratch_free(&self) -> usize {
+        self.scratch_free
+    }
+
+    /// Copies f32 values into scratch at byte offset `at` (growing it as needed).
+    pub fn write_f32s(&mut self, at: usize, values: &[f32]) -> Result<()> {
+        self.ensure_scratch(at + values.len() * 4)?;
+        let bytes = &mut self.scratch.data_mut(&mut self.store)[at..at + values.len() * 4];
+        for (chunk, v) in bytes.chunks_exact_mut(4).zip(values) {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// Grows scratch so that bytes `[0, end)` exist: callers lay out their
+    /// buffers first, then grow once.
+    pub fn ensure_scratch(&mut self, end: usize) -> Result<()> {
         let have = self.scratch.data_size(&self.store);
         if end > have {
             let pages = (end - have).div_ceil(WASM_PAGE as usize) as u64;
@@ -371,7 +388,8 @@ impl GuestInstance {
         Ok(())
     }
 
-    fn read_f32s(&self, at: usize, count: usize) -> Vec<f32> {
+    /// `count` f32 values from scratch at byte offset `at` (which must exist).
+    pub fn read_f32s(&self, at: usize, count: usize) -> Vec<f32> {
         let bytes = &self.scratch.data(&self.store)[at..at + count * 4];
         bytes
             .chunks_exact(4)

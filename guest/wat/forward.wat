@@ -1,0 +1,237 @@
+;; The transformer's operations besides matmul, over f32 activations in
+;; scratch (memory 0): what the host strings together, layer by layer, into a
+;; forward pass. Weights they need (norm weights, RoPE frequency factors) are
+;; read in place from the shards through $f32_weights (generated per shard).
+;; Every operation follows llama.cpp's CPU order of f32 operations where it
+;; matters for agreement (see guest/README.md, "The forward pass").
+;; Placeholders in braces are abi::WAT_CONSTANTS.
+
+  ;; The F32 tensor $t's shard and first byte, trapping unless it is F32 and
+  ;; holds at least $n elements.
+  (func $f32_tensor (param $t i32) (param $n i32) (result i32 i64)
+    (local $e i32)
+    (local.set $e (call $tensor_entry (local.get $t)))
+    (if (i32.ne (i32.load $m0 offset={TENSOR_TYPE} (local.get $e)) (i32.const 0)) (then unreachable))
+    (if (i64.lt_u (i64.load $m0 offset={TENSOR_SIZE} (local.get $e)) (i64.shl (i64.extend_i32_u (local.get $n)) (i64.const 2)))
+      (then unreachable))
+    (i32.load $m0 offset={TENSOR_SHARD} (local.get $e))
+    (i64.load $m0 offset={TENSOR_OFFSET} (local.get $e)))
+
+  ;; RMSNorm of $rows rows of $n f32 at $x into $out, times the F32 weight
+  ;; tensor $w: y = (x * (1 / sqrt(mean(x^2) + eps))) * w, the sum of squares
+  ;; in f64 as ggml does. $n a multiple of 4; $out may be $x.
+  (func (export "rms_norm") (param $x i32) (param $rows i32) (param $n i32) (param $eps f32) (param $w i32) (param $out i32)
+    (local $i i32) (local $sum f64) (local $scale f32) (local $v f32) (local $shard i32) (local $p i64)
+    (if (i32.and (local.get $n) (i32.const 3)) (then unreachable))
+    (call $f32_tensor (local.get $w) (local.get $n))
+    (local.set $p) (local.set $shard)
+    (block $done
+      (loop $each_row
+        (br_if $done (i32.eqz (local.get $rows)))
+        (local.set $sum (f64.const 0))
+        (local.set $i (i32.const 0))
+        (loop $squares
+          (local.set $v (f32.load $m0 (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 2)))))
+          (local.set $sum (f64.add (local.get $sum) (f64.promote_f32 (f32.mul (local.get $v) (local.get $v)))))
+          (br_if $squares (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (local.get $n))))
+        (local.set $scale (f32.div (f32.const 1)
+          (f32.sqrt (f32.add (f32.demote_f64 (f64.div (local.get $sum) (f64.convert_i32_u (local.get $n)))) (local.get $eps)))))
+        (local.set $i (i32.const 0))
+        (loop $scaled
+          (v128.store $m0 (i32.add (local.get $out) (i32.shl (local.get $i) (i32.const 2)))
+            (f32x4.mul (v128.load $m0 (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 2)))) (f32x4.splat (local.get $scale))))
+          (br_if $scaled (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (local.get $n))))
+        (call $f32_weights (local.get $shard) (local.get $p) (local.get $out) (local.get $n))
+        (local.set $x (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))
+        (local.set $out (i32.add (local.get $out) (i32.shl (local.get $n) (i32.const 2))))
+        (local.set $rows (i32.sub (local.get $rows) (i32.const 1)))
+        (br $each_row))))
+
+  ;; Rotary position embedding, in place, of $tokens rows of $heads heads of
+  ;; $head_dim f32 at $x, token b at position $pos0 + b. Pairs are adjacent
+  ;; elements (llama's "normal" mode) or split halves ($neox). As ggml does:
+  ;; theta starts at the position and is multiplied (in f32) by
+  ;; base^(-2/head_dim) from pair to pair; divided by factor i of the F32
+  ;; tensor $factors when $factors >= 0 (Llama 3's long-context frequencies).
+  (func (export "rope") (param $x i32) (param $tokens i32) (param $heads i32) (param $head_dim i32) (param $pos0 i32) (param $base f32) (param $neox i32) (param $factors i32)
+    (local $theta_scale f32) (local $theta f32) (local $angle f64) (local $c f32) (local $s f32)
+    (local $b i32) (local $h i32) (local $i i32) (local $half i32) (local $row i32) (local $a i32) (local $z i32)
+    (local $x0 f32) (local $x1 f32) (local $fshard i32) (local $fp i64)
+    (local.set $half (i32.shr_u (local.get $head_dim) (i32.const 1)))
+    (local.set $theta_scale (f32.demote_f64 (call $exp (f64.mul
+      (call $ln (f64.promote_f32 (local.get $base)))
+      (f64.div (f64.const -2) (f64.convert_i32_u (local.get $head_dim)))))))
+    (if (i32.ge_s (local.get $factors) (i32.const 0))
+      (then
+        (call $f32_tensor (local.get $factors) (local.get $half))
+        (local.set $fp) (local.set $fshard)))
+    (block $tokens_done
+      (loop $each_token
+        (br_if $tokens_done (i32.ge_u (local.get $b) (local.get $tokens)))
+        (local.set $theta (f32.convert_i32_u (i32.add (local.get $pos0) (local.get $b))))
+        (local.set $i (i32.const 0))
+        (block $pairs_done
+          (loop $each_pair
+            (br_if $pairs_done (i32.ge_u (local.get $i) (local.get $half)))
+            (local.set $angle (f64.promote_f32 (local.get $theta)))
+            (if (i32.ge_s (local.get $factors) (i32.const 0))
+              (then (local.set $angle (f64.promote_f32 (f32.div (local.get $theta)
+                (call $f32_at (local.get $fshard) (i64.add (local.get $fp) (i64.extend_i32_u (i32.shl (local.get $i) (i32.const 2))))))))))
+            (local.set $c (f32.demote_f64 (call $cos (local.get $angle))))
+            (local.set $s (f32.demote_f64 (call $sin (local.get $angle))))
+            (local.set $h (i32.const 0))
+            (loop $each_head
+              (local.set $row (i32.add (local.get $x) (i32.shl
+                (i32.mul (i32.add (i32.mul (local.get $b) (local.get $heads)) (local.get $h)) (local.get $head_dim)) (i32.const 2))))
+              (if (local.get $neox)
+                (then
+                  (local.set $a (i32.add (local.get $row) (i32.shl (local.get $i) (i32.const 2))))
+                  (local.set $z (i32.add (local.get $a) (i32.shl (local.get $half) (i32.const 2)))))
+                (else
+                  (local.set $a (i32.add (local.get $row) (i32.shl (local.get $i) (i32.const 3))))
+                  (local.set $z (i32.add (local.get $a) (i32.const 4)))))
+              (local.set $x0 (f32.load $m0 (local.get $a)))
+              (local.set $x1 (f32.load $m0 (local.get $z)))
+              (f32.store $m0 (local.get $a) (f32.sub (f32.mul (local.get $x0) (local.get $c)) (f32.mul (local.get $x1) (local.get $s))))
+              (f32.store $m0 (local.get $z) (f32.add (f32.mul (local.get $x0) (local.get $s)) (f32.mul (local.get $x1) (local.get $c))))
+              (br_if $each_head (i32.lt_u (local.tee $h (i32.add (local.get $h) (i32.const 1))) (local.get $heads))))
+            (local.set $theta (f32.mul (local.get $theta) (local.get $theta_scale)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $each_pair)))
+        (local.set $b (i32.add (local.get $b) (i32.const 1)))
+        (br $each_token))))
+
+  ;; Appends $tokens rows of $width f32 keys and values at $k and $v to the
+  ;; layer's f16 caches (rows of $width) at positions $pos0.. (ggml's f16
+  ;; rounding, as llama.cpp's default F16 KV cache stores them).
+  (func (export "store_kv") (param $k i32) (param $v i32) (param $tokens i32) (param $width i32) (param $k_cache i32) (param $v_cache i32) (param $pos0 i32)
+    (local $i i32) (local $n i32) (local $at i32)
+    (local.set $n (i32.mul (local.get $tokens) (local.get $width)))
+    (local.set $at (i32.shl (i32.mul (local.get $pos0) (local.get $width)) (i32.const 1)))
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (i32.store16 $m0 (i32.add (local.get $k_cache) (i32.add (local.get $at) (i32.shl (local.get $i) (i32.const 1))))
+          (call $f32_to_f16 (f32.load $m0 (i32.add (local.get $k) (i32.shl (local.get $i) (i32.const 2))))))
+        (i32.store16 $m0 (i32.add (local.get $v_cache) (i32.add (local.get $at) (i32.shl (local.get $i) (i32.const 1))))
+          (call $f32_to_f16 (f32.load $m0 (i32.add (local.get $v) (i32.shl (local.get $i) (i32.const 2))))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $each))))
+
+  ;; Causal grouped-query attention for $tokens query rows at $q (token b at
+  ;; position $pos0 + b, $heads heads of $head_dim), over the layer's f16 K and
+  ;; V caches (rows of $kv_heads * $head_dim, positions 0..$pos0 + $tokens).
+  ;; Query head h reads KV head h / ($heads / $kv_heads). With $window > 0 a
+  ;; token sees only the last $window positions (sliding-window layers).
+  ;; scores = q.k * $scale; softmax (max subtracted, exp in f64); out = sum p v.
+  ;; $scores holds one f32 per position.
+  (func (export "attention") (param $q i32) (param $tokens i32) (param $pos0 i32) (param $heads i32) (param $kv_heads i32) (param $head_dim i32)
+        (param $k_cache i32) (param $v_cache i32) (param $scale f32) (param $window i32) (param $scores i32) (param $out i32)
+    (local $b i32) (local $h i32) (local $pos i32) (local $first i32) (local $t i32) (local $d i32) (local $group i32)
+    (local $qrow i32) (local $krow i32) (local $orow i32) (local $kv_width i32)
+    (local $dot f32) (local $max f32) (local $sum f64) (local $p f32) (local $e f32) (local $inv f32)
+    (local.set $group (i32.div_u (local.get $heads) (local.get $kv_heads)))
+    (local.set $kv_width (i32.mul (local.get $kv_heads) (local.get $head_dim)))
+    (block $tokens_done
+      (loop $each_token
+        (br_if $tokens_done (i32.ge_u (local.get $b) (local.get $tokens)))
+        (local.set $pos (i32.add (local.get $pos0) (local.get $b)))
+        (local.set $first (i32.const 0))
+        (if (i32.and (i32.gt_s (local.get $window) (i32.const 0)) (i32.ge_u (local.get $pos) (local.get $window)))
+          (then (local.set $first (i32.add (i32.sub (local.get $pos) (local.get $window)) (i32.const 1)))))
+        (local.set $h (i32.const 0))
+        (loop $each_head
+          (local.set $qrow (i32.add (local.get $q) (i32.shl
+            (i32.mul (i32.add (i32.mul (local.get $b) (local.get $heads)) (local.get $h)) (local.get $head_dim)) (i32.const 2))))
+          (local.set $orow (i32.add (local.get $out) (i32.sub (local.get $qrow) (local.get $q))))
+          ;; Scores and their maximum.
+          (local.set $max (f32.const -inf))
+          (local.set $t (local.get $first))
+          (loop $each_key
+            (local.set $krow (i32.add (local.get $k_cache) (i32.shl
+              (i32.add (i32.mul (local.get $t) (local.get $kv_width)) (i32.mul (i32.div_u (local.get $h) (local.get $group)) (local.get $head_dim)))
+              (i32.const 1))))
+            (local.set $dot (call $dot_f16 (local.get $qrow) (local.get $krow) (local.get $head_dim)))
+            (local.set $dot (f32.mul (local.get $dot) (local.get $scale)))
+            (f32.store $m0 (i32.add (local.get $scores) (i32.shl (local.get $t) (i32.const 2))) (local.get $dot))
+            (local.set $max (f32.max (local.get $max) (local.get $dot)))
+            (br_if $each_key (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
+          ;; exp(score - max), their sum in f64 as ggml's softmax sums.
+          (local.set $sum (f64.const 0))
+          (local.set $t (local.get $first))
+          (loop $each_exp
+            (local.set $e (f32.demote_f64 (call $exp (f64.promote_f32 (f32.sub
+              (f32.load $m0 (i32.add (local.get $scores) (i32.shl (local.get $t) (i32.const 2)))) (local.get $max))))))
+            (f32.store $m0 (i32.add (local.get $scores) (i32.shl (local.get $t) (i32.const 2))) (local.get $e))
+            (local.set $sum (f64.add (local.get $sum) (f64.promote_f32 (local.get $e))))
+            (br_if $each_exp (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
+          (local.set $inv (f32.demote_f64 (f64.div (f64.const 1) (local.get $sum))))
+          ;; out = sum_t p_t v_t
+          (local.set $d (i32.const 0))
+          (loop $zero
+            (v128.store $m0 (i32.add (local.get $orow) (i32.shl (local.get $d) (i32.const 2))) (v128.const i64x2 0 0))
+            (br_if $zero (i32.lt_u (local.tee $d (i32.add (local.get $d) (i32.const 4))) (local.get $head_dim))))
+          (local.set $t (local.get $first))
+          (loop $each_value
+            (local.set $p (f32.mul (f32.load $m0 (i32.add (local.get $scores) (i32.shl (local.get $t) (i32.const 2)))) (local.get $inv)))
+            (call $axpy_f16 (local.get $orow) (local.get $p)
+              (i32.add (local.get $v_cache) (i32.shl
+                (i32.add (i32.mul (local.get $t) (local.get $kv_width)) (i32.mul (i32.div_u (local.get $h) (local.get $group)) (local.get $head_dim)))
+                (i32.const 1)))
+              (local.get $head_dim))
+            (br_if $each_value (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
+          (br_if $each_head (i32.lt_u (local.tee $h (i32.add (local.get $h) (i32.const 1))) (local.get $heads))))
+        (local.set $b (i32.add (local.get $b) (i32.const 1)))
+        (br $each_token))))
+
+  ;; Four f16 (as u16 at $h) to f32x4, exactly.
+  (func $f16x4_at (param $h i32) (result v128)
+    (call $f16x4 (i32x4.extend_low_i16x8_u (v128.load64_zero $m0 (local.get $h)))))
+
+  ;; sum_i a[i] * f16(b[i]) over $n f32 at $a and f16 at $b ($n a multiple of 4).
+  (func $dot_f16 (param $a i32) (param $b i32) (param $n i32) (result f32)
+    (local $acc v128) (local $i i32)
+    (loop $each
+      (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
+        (v128.load $m0 (i32.add (local.get $a) (i32.shl (local.get $i) (i32.const 2))))
+        (call $f16x4_at (i32.add (local.get $b) (i32.shl (local.get $i) (i32.const 1)))))))
+      (br_if $each (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (local.get $n))))
+    (f32.add
+      (f32.add (f32x4.extract_lane 0 (local.get $acc)) (f32x4.extract_lane 1 (local.get $acc)))
+      (f32.add (f32x4.extract_lane 2 (local.get $acc)) (f32x4.extract_lane 3 (local.get $acc)))))
+
+  ;; y[i] += a * f16(x[i]) over $n f32 at $y and f16 at $x ($n a multiple of 4).
+  (func $axpy_f16 (param $y i32) (param $a f32) (param $x i32) (param $n i32)
+    (local $i i32) (local $at i32)
+    (loop $each
+      (local.set $at (i32.add (local.get $y) (i32.shl (local.get $i) (i32.const 2))))
+      (v128.store $m0 (local.get $at) (f32x4.add (v128.load $m0 (local.get $at))
+        (f32x4.mul (f32x4.splat (local.get $a)) (call $f16x4_at (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 1)))))))
+      (br_if $each (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (local.get $n)))))
+
+  ;; SwiGLU: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, $n f32.
+  (func (export "silu_mul") (param $gate i32) (param $up i32) (param $n i32) (param $out i32)
+    (local $i i32) (local $g f32) (local $at i32)
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $at (i32.shl (local.get $i) (i32.const 2)))
+        (local.set $g (f32.load $m0 (i32.add (local.get $gate) (local.get $at))))
+        (f32.store $m0 (i32.add (local.get $out) (local.get $at)) (f32.mul
+          (f32.div (local.get $g) (f32.add (f32.const 1) (f32.demote_f64 (call $exp (f64.promote_f32 (f32.neg (local.get $g)))))))
+          (f32.load $m0 (i32.add (local.get $up) (local.get $at)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $each))))
+
+  ;; out = a + b over $n f32 ($n a multiple of 4): the residual connections.
+  (func (export "add") (param $a i32) (param $b i32) (param $n i32) (param $out i32)
+    (local $i i32) (local $at i32)
+    (if (i32.and (local.get $n) (i32.const 3)) (then unreachable))
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $at (i32.shl (local.get $i) (i32.const 2)))
+        (v128.store $m0 (i32.add (local.get $out) (local.get $at))
+          (f32x4.add (v128.load $m0 (i32.add (local.get $a) (local.get $at))) (v128.load $m0 (i32.add (local.get $b) (local.get $at)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $each))))
