@@ -5,6 +5,7 @@
 //! `shardload-store`.
 
 mod bench_cmd;
+mod chat_cmd;
 mod generate_cmd;
 mod guest_cmd;
 mod plan_cmd;
@@ -103,6 +104,19 @@ Text streams to stdout as it is made; prompt and generation speed, time to first
 ready and memory go to stderr. Sampling defaults are llama.cpp's (--temp 0.8 --top-k 40 --top-p
 0.95 --min-p 0.05); --temp 0 is greedy. Supported architectures: llama.")]
     Generate(generate_cmd::GenerateArgs),
+    /// Chat with a model: its own chat template, the KV cache kept across turns, replies streamed.
+    #[command(after_help = "Examples:
+  shardload chat                                             # the default model (SmolLM2)
+  shardload chat --system \"You are a terse assistant.\" --temp 0
+  printf 'Hi!\\nWhat is 2+2?\\n' | shardload chat --temp 0 -n 64   # two turns from a pipe
+  shardload chat model.gguf --chat-template template.jinja --ctx 8192
+
+One user turn per line of stdin (a `> ` prompt on stderr when stdin is a terminal); each reply
+streams to stdout and ends with a newline. Each turn renders the whole conversation with the
+model's tokenizer.chat_template (Jinja, via minijinja) and evaluates only the tokens past the
+prefix already in the KV cache. End of input exits; Ctrl-C stops a reply, and at the prompt exits.
+A conversation that outgrows --ctx ends with a message. Supported architectures: llama.")]
+    Chat(chat_cmd::ChatArgs),
 }
 
 /// How to split a model: shared by every command that plans.
@@ -269,6 +283,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth_cmd::run(&args),
         Command::Tokenize(args) => tokenize_cmd::run(&args),
         Command::Generate(args) => generate_cmd::run(&args),
+        Command::Chat(args) => chat_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -6,9 +6,11 @@
 //! operation from the embedding lookup to the logits runs in the guest.
 
 mod arch;
+mod chat;
 mod sample;
 mod session;
 
 pub use arch::{Architecture, Hyperparameters};
+pub use chat::{CHAT_TEMPLATE_KEY, ChatTemplate, Message};
 pub use sample::{Sampler, SamplerConfig};
 pub use session::Session;

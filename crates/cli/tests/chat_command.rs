@@ -1,0 +1,208 @@
+//! `shardload chat` as a user sees it, and the chat templates it renders.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use shardload_gguf::GgufFile;
+use shardload_runtime::{CHAT_TEMPLATE_KEY, ChatTemplate, Message};
+use shardload_suite::{GEMMA, SMOLLM2, model};
+use shardload_tokenizer::Tokenizer;
+
+/// Runs `shardload chat ARGS` with `input` piped to its stdin.
+fn chat(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .arg("chat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_holds_a_two_turn_conversation_from_piped_stdin() {
+    let path = model(SMOLLM2);
+    let output = chat(
+        &[path.to_str().unwrap(), "--temp", "0", "-n", "24"],
+        "Hi!\nWhat is the capital of France?\n",
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // Each reply ends with a newline; greedy SmolLM2 answers each in one line.
+    let replies: Vec<&str> = stdout.lines().collect();
+    assert_eq!(replies.len(), 2, "stdout: {stdout:?}\nstderr: {stderr}");
+    assert!(replies.iter().all(|r| !r.trim().is_empty()), "{stdout:?}");
+    assert!(replies[1].contains("Paris"), "{stdout:?}");
+    // Piped stdin: no `> ` prompt.
+    assert!(!stderr.contains("> "), "{stderr}");
+}
+
+#[test]
+fn chat_exits_cleanly_at_end_of_input() {
+    let path = model(SMOLLM2);
+    let output = chat(&[path.to_str().unwrap()], "");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn a_full_context_ends_the_conversation_with_a_message() {
+    let path = model(SMOLLM2);
+    // The default system prompt and one turn take about 30 tokens.
+    let output = chat(
+        &[path.to_str().unwrap(), "--temp", "0", "--ctx", "40"],
+        "Tell me a long story about a dragon.\nAnd another one.\n",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("the context is full"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn smollm2_template_renders_as_it_defines() {
+    let file = GgufFile::open(model(SMOLLM2)).unwrap();
+    let template = ChatTemplate::from_gguf(&file).unwrap();
+    // The template's text (from the GGUF): a default system message when the
+    // first message is not one, then `<|im_start|>ROLE\nCONTENT<|im_end|>\n`
+    // per message. Python's jinja2 3.1.6 in Hugging Face's setup gives the same.
+    assert_eq!(
+        template
+            .render(&[Message::new("user", "Hi")], true)
+            .unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let conversation = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "Hi"),
+        Message::new("assistant", "Hello!"),
+        Message::new("user", "2+2?"),
+    ];
+    assert_eq!(
+        template.render(&conversation, true).unwrap(),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+         <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // Without the generation prompt, a rendered conversation is a prefix of the
+    // next turn's: what lets chat keep its KV cache.
+    let shorter = template.render(&conversation[..3], false).unwrap();
+    assert!(
+        template
+            .render(&conversation, true)
+            .unwrap()
+            .starts_with(&shorter)
+    );
+}
+
+/// Gemma 3's chat template as google/gemma-3-270m-it's tokenizer_config.json
+/// has it (the GGUF in models/ was written without one).
+const GEMMA3_TEMPLATE: &str = r#"
+{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"#;
+
+#[test]
+fn gemma_without_a_template_names_the_key_and_its_template_renders() {
+    let file = GgufFile::open(model(GEMMA)).unwrap();
+    let error = ChatTemplate::from_gguf(&file).err().unwrap();
+    assert!(
+        format!("{error:#}").contains(CHAT_TEMPLATE_KEY),
+        "{error:#}"
+    );
+
+    // Gemma 3's own template (strip via `| trim`, raise_exception, `is string`,
+    // slicing, whitespace control), with the BOS and EOS texts of the GGUF.
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let text = |id: Option<u32>| {
+        String::from_utf8(tokenizer.token_text(id.unwrap()).unwrap().to_vec()).unwrap()
+    };
+    let template = ChatTemplate::new(
+        GEMMA3_TEMPLATE.trim_start(),
+        &text(tokenizer.bos()),
+        &text(tokenizer.eos()),
+    )
+    .unwrap();
+    // Expected strings: Python's jinja2 3.1.6 rendering the same template in
+    // Hugging Face's environment (trim_blocks, lstrip_blocks, loopcontrols).
+    let hi = template
+        .render(&[Message::new("user", "Hi")], true)
+        .unwrap();
+    assert_eq!(
+        hi,
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let conversation = [
+        Message::new("system", "Be brief."),
+        Message::new("user", " Hi "),
+        Message::new("assistant", "Hello!"),
+        Message::new("user", "2+2?"),
+    ];
+    assert_eq!(
+        template.render(&conversation, true).unwrap(),
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n\
+         <start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n"
+    );
+    // Roles that do not alternate: the template's raise_exception, as an error.
+    let error = template
+        .render(
+            &[Message::new("user", "a"), Message::new("user", "b")],
+            true,
+        )
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("must alternate"), "{error:#}");
+    // The rendered <bos> tokenizes to the BOS id (chat adds no second one).
+    let ids = tokenizer.encode(hi.as_bytes(), false, true);
+    assert_eq!(ids.first().copied(), tokenizer.bos());
+}
