@@ -206,3 +206,46 @@ fn gemma_without_a_template_names_the_key_and_its_template_renders() {
     let ids = tokenizer.encode(hi.as_bytes(), false, true);
     assert_eq!(ids.first().copied(), tokenizer.bos());
 }
+
+#[test]
+fn ctrl_c_stops_a_reply_and_the_conversation_goes_on() {
+    use std::io::Read;
+    let path = model(SMOLLM2);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .args(["chat", path.to_str().unwrap(), "--temp", "0", "-n", "3000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    stdin
+        .write_all(b"Write a very long story about a dragon, in great detail.\n")
+        .unwrap();
+    // Once the reply has begun to stream, interrupt it.
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    stdin.write_all(b"Say hi.\n").unwrap();
+    drop(stdin);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("[interrupted]"), "{stderr}");
+    let mut text = first.to_vec();
+    text.extend(rest);
+    let text = String::from_utf8(text).unwrap();
+    // The interrupted reply (cut well before 3000 tokens), then the reply to "Say hi.".
+    assert_eq!(
+        text.lines().filter(|l| !l.trim().is_empty()).count(),
+        2,
+        "{text:?}"
+    );
+}
