@@ -226,11 +226,10 @@ fn ctrl_c_stops_a_reply_and_the_conversation_goes_on() {
     // Once the reply has begun to stream, interrupt it.
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).unwrap();
+    let pid = child.id() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
-        0
-    );
+    let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(sent, 0);
     stdin.write_all(b"Say hi.\n").unwrap();
     drop(stdin);
     let mut rest = Vec::new();
