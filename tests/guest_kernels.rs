@@ -250,7 +250,10 @@ fn guest_matvec_is_the_native_algorithm_bit_for_bit_and_within_the_bound_of_gguf
     let file = GgufFile::open(&path).unwrap();
     let opened = OpenModel::open(&path).unwrap();
     let x = test_vector(512);
-    let types: Vec<&str> = shardload_guest::KERNEL_TYPES.iter().map(|t| t.name()).collect();
+    let types: Vec<&str> = shardload_guest::KERNEL_TYPES
+        .iter()
+        .map(|t| t.name())
+        .collect();
     let rows: Vec<String> = types
         .iter()
         .flat_map(|ty| [0, 1].map(|r| format!("{ty}:{r}")))

@@ -27,12 +27,7 @@ impl Guest {
         let engine = Engine::new(&config).unwrap();
         let module = Module::new(
             &engine,
-            guest_wasm(
-                shards,
-                shardload_guest::KERNEL_TYPES,
-                DotProduct::Plain,
-            )
-            .unwrap(),
+            guest_wasm(shards, shardload_guest::KERNEL_TYPES, DotProduct::Plain).unwrap(),
         )
         .unwrap();
         let mut store = Store::new(&engine, ());
@@ -120,12 +115,7 @@ fn features(multi_memory: bool, relaxed_simd: bool) -> wasmparser::WasmFeatures 
 #[test]
 fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memory() {
     for shards in [1, 2, 4, 16, 64] {
-        let wasm = guest_wasm(
-            shards,
-            shardload_guest::KERNEL_TYPES,
-            DotProduct::Plain,
-        )
-        .unwrap();
+        let wasm = guest_wasm(shards, shardload_guest::KERNEL_TYPES, DotProduct::Plain).unwrap();
         wasmparser::Validator::new_with_features(features(true, false))
             .validate_all(&wasm)
             .unwrap();
@@ -365,7 +355,9 @@ fn the_module_exports_exactly_the_export_table_with_its_signatures() {
                     }
                 }
             }
-            Payload::FunctionSection(reader) => funcs.extend(reader.into_iter().map(|t| t.unwrap())),
+            Payload::FunctionSection(reader) => {
+                funcs.extend(reader.into_iter().map(|t| t.unwrap()))
+            }
             Payload::ExportSection(reader) => {
                 for export in reader {
                     let export = export.unwrap();
@@ -384,9 +376,16 @@ fn the_module_exports_exactly_the_export_table_with_its_signatures() {
     let mut names: Vec<&str> = exported.iter().map(|(n, _)| n.as_str()).collect();
     expected.sort_unstable();
     names.sort_unstable();
-    assert_eq!(names, expected, "the module's exports and the export table differ");
+    assert_eq!(
+        names, expected,
+        "the module's exports and the export table differ"
+    );
     for signature in EXPORTS {
-        let index = exported.iter().find(|(n, _)| n == signature.name).unwrap().1;
+        let index = exported
+            .iter()
+            .find(|(n, _)| n == signature.name)
+            .unwrap()
+            .1;
         let ty = &types[funcs[index as usize] as usize];
         let params: Vec<W> = signature.params.iter().map(wasm_type).collect();
         let results: Vec<W> = signature.results.iter().map(wasm_type).collect();

@@ -112,19 +112,18 @@ pub fn read_rates(store: &WeightStore) -> Result<ReadRates> {
             )
         })
         .collect();
-    let native = |f: &dyn Fn(&[u8]) -> u64,
-                  guest: &mut GuestInstance|
-     -> Result<(Duration, Vec<u64>)> {
-        best_of(|| {
-            Ok(places
-                .iter()
-                .map(|&(shard, offset, len)| {
-                    let (store, memory) = guest.shard_memory(shard);
-                    f(&memory.data(&*store)[offset as usize..(offset + len) as usize])
-                })
-                .collect())
-        })
-    };
+    let native =
+        |f: &dyn Fn(&[u8]) -> u64, guest: &mut GuestInstance| -> Result<(Duration, Vec<u64>)> {
+            best_of(|| {
+                Ok(places
+                    .iter()
+                    .map(|&(shard, offset, len)| {
+                        let (store, memory) = guest.shard_memory(shard);
+                        f(&memory.data(&*store)[offset as usize..(offset + len) as usize])
+                    })
+                    .collect())
+            })
+        };
     let (native_xxh64, native_hashes) = native(&|b| xxh64(b, 0), &mut guest)?;
     let (native_stream, native_folds) = native(&stream_fold, &mut guest)?;
     anyhow::ensure!(
@@ -367,12 +366,7 @@ fn sweep_guest(guests: &mut [GuestInstance], plan: &Plan, tensors: &[usize]) -> 
     })
 }
 
-fn sweep_native(
-    model: &OpenModel,
-    plan: &Plan,
-    tensors: &[usize],
-    threads: usize,
-) -> Result<()> {
+fn sweep_native(model: &OpenModel, plan: &Plan, tensors: &[usize], threads: usize) -> Result<()> {
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|k| {
