@@ -171,6 +171,9 @@ proptest! {
     }
 }
 
+/// A call of one weight-reading export on a guest.
+type WeightRead = Box<dyn Fn(&mut GuestInstance) -> anyhow::Result<()>>;
+
 #[test]
 fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,7 +195,7 @@ fn truncating_the_model_under_a_running_guest_is_an_error_not_a_crash() {
     let x = vec![1.0f32; row_len];
     // Each export on a fresh instance, so no page is already resident from an
     // earlier export's read.
-    let exports: [(&str, Box<dyn Fn(&mut GuestInstance) -> anyhow::Result<()>>); 4] = [
+    let exports: [(&str, WeightRead); 4] = [
         (
             "xxh64_tensor",
             Box::new(move |g| g.xxh64_tensor(last).map(drop)),

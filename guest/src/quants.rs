@@ -8,25 +8,8 @@ use std::fmt::Write;
 use shardload_gguf::GgmlType;
 
 /// Every type the guest has kernels for; the host refuses any other by name.
-/// Ids, names and block layouts come from the one ggml type table
-/// ([`GgmlType`]).
-pub const KERNEL_TYPES: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_NL,
-    GgmlType::IQ4_XS,
-];
+/// The one list in the ggml type table's crate, shared with the native oracle.
+pub use shardload_gguf::KERNEL_TYPES;
 
 /// The body of an export `(param $t i32) (param $first i64) (param $rows i64) ...`
 /// over rows of tensor `$t`: finds its entry, checks the rows lie inside it,

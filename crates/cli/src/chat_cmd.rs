@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use shardload_runtime::{ChatTemplate, Message, Sampler, SamplerConfig, Session};
-use shardload_store::{LoadMode, OpenModel, WeightStore};
+use shardload_runtime::{ChatTemplate, Message, Sampler, Session};
+use shardload_store::OpenModel;
 use shardload_tokenizer::Tokenizer;
 
-use crate::{DEFAULT_MODEL, LoadArg, SplitArgs, check_model_exists};
+use crate::{DEFAULT_MODEL, SamplingArgs, StoreArgs, check_model_exists};
 
 /// Which model to talk to, and how to sample its replies.
 #[derive(Args)]
@@ -31,32 +31,13 @@ pub struct ChatArgs {
     /// Tokens to generate per reply at most (a reply stops earlier at an end-of-generation token).
     #[arg(short = 'n', long, default_value_t = 512)]
     n_predict: usize,
-    /// Temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temp: f32,
-    /// Sample among the K most likely tokens (0: all).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Sample among the most likely tokens reaching probability P (1: all).
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Drop tokens less likely than P times the most likely one.
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// Random seed: the same seed and the same turns give the same replies.
-    #[arg(long, default_value_t = 0xC0FFEE)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Context size in tokens: the whole conversation must fit; sizes the KV cache.
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
-    /// Use this plan file instead of planning.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
-    plan: Option<PathBuf>,
     #[command(flatten)]
-    split: SplitArgs,
-    /// How shard memories get their bytes.
-    #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
-    load: LoadArg,
+    store: StoreArgs,
 }
 
 /// Set by SIGINT while a reply is being generated: stop that reply.
@@ -114,23 +95,9 @@ pub fn run(args: &ChatArgs) -> Result<ExitCode> {
             ChatTemplate::from_gguf(file).context("give a template with --chat-template FILE")?
         }
     };
-    let plan = match &args.plan {
-        Some(path) => model.load_plan(path)?,
-        None => model.plan(&args.split.options())?,
-    };
-    let mode = match args.load {
-        LoadArg::Mmap => LoadMode::Mmap,
-        LoadArg::Copy => LoadMode::Copy,
-    };
-    let store = WeightStore::new(plan, mode)?;
+    let store = args.store.build(&model)?;
     let mut session = Session::new(&store, file, args.ctx)?;
-    let mut sampler = Sampler::new(SamplerConfig {
-        temperature: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        seed: args.seed,
-    });
+    let mut sampler = Sampler::new(args.sampling.config());
 
     let mut messages = Vec::new();
     if let Some(system) = &args.system {

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
-use shardload_runtime::{Sampler, SamplerConfig, Session};
-use shardload_store::{LoadMode, MemoryUsage, OpenModel, WeightStore};
+use shardload_runtime::{Sampler, Session};
+use shardload_store::{MemoryUsage, OpenModel};
 use shardload_tokenizer::Tokenizer;
 
 use crate::units::human;
-use crate::{DEFAULT_MODEL, LoadArg, SplitArgs, check_model_exists};
+use crate::{DEFAULT_MODEL, SamplingArgs, StoreArgs, check_model_exists};
 
 /// What to generate from, with which model, and how to sample.
 #[derive(Args)]
@@ -34,35 +34,16 @@ pub struct GenerateArgs {
     /// Tokens to generate (stops earlier at an end-of-generation token or a full context).
     #[arg(short = 'n', long, default_value_t = 128)]
     n_predict: usize,
-    /// Temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temp: f32,
-    /// Sample among the K most likely tokens (0: all).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Sample among the most likely tokens reaching probability P (1: all).
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Drop tokens less likely than P times the most likely one.
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// Random seed: the same seed gives the same text.
-    #[arg(long, default_value_t = 0xC0FFEE)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Context size in tokens (prompt + generated); sizes the KV cache.
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
     /// Threads (only 1 is implemented so far; see the README).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Use this plan file instead of planning.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
-    plan: Option<PathBuf>,
     #[command(flatten)]
-    split: SplitArgs,
-    /// How shard memories get their bytes.
-    #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
-    load: LoadArg,
+    store: StoreArgs,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -116,25 +97,11 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
             args.ctx
         );
     }
-    let plan = match &args.plan {
-        Some(path) => model.load_plan(path)?,
-        None => model.plan(&args.split.options())?,
-    };
-    let mode = match args.load {
-        LoadArg::Mmap => LoadMode::Mmap,
-        LoadArg::Copy => LoadMode::Copy,
-    };
-    let store = WeightStore::new(plan, mode)?;
+    let store = args.store.build(&model)?;
     let mut session = Session::new(&store, file, args.ctx)?;
     let ready = started.elapsed();
 
-    let mut sampler = Sampler::new(SamplerConfig {
-        temperature: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        seed: args.seed,
-    });
+    let mut sampler = Sampler::new(args.sampling.config());
     let clock = Instant::now();
     let mut logits = session.eval(&prompt)?;
     let prompt_time = clock.elapsed();

@@ -169,6 +169,69 @@ struct PlanArgs {
     output: Option<PathBuf>,
 }
 
+/// Sampling options shared by `generate` and `chat`; the defaults are llama.cpp's.
+#[derive(Args)]
+struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Sample among the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Sample among the most likely tokens reaching probability P (1: all).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Random seed: the same seed and input give the same text.
+    #[arg(long, default_value_t = 0xC0FFEE)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn config(&self) -> shardload_runtime::SamplerConfig {
+        shardload_runtime::SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+        }
+    }
+}
+
+/// How `generate` and `chat` build the weight store: a plan (or planning
+/// options) and a load mode.
+#[derive(Args)]
+struct StoreArgs {
+    /// Use this plan file instead of planning.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
+    plan: Option<PathBuf>,
+    #[command(flatten)]
+    split: SplitArgs,
+    /// How shard memories get their bytes.
+    #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
+    load: LoadArg,
+}
+
+impl StoreArgs {
+    fn build(
+        &self,
+        model: &shardload_store::OpenModel,
+    ) -> anyhow::Result<shardload_store::WeightStore> {
+        let plan = match &self.plan {
+            Some(path) => model.load_plan(path)?,
+            None => model.plan(&self.split.options())?,
+        };
+        let mode = match self.load {
+            LoadArg::Mmap => shardload_store::LoadMode::Mmap,
+            LoadArg::Copy => shardload_store::LoadMode::Copy,
+        };
+        shardload_store::WeightStore::new(plan, mode)
+    }
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// The GGUF model (for a split set, its first file). Default: the model scripts/fetch-models fetches.

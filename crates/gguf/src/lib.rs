@@ -17,6 +17,6 @@ pub use reader::{
 };
 pub use split::{Model, SplitInfo};
 pub use tokenizer::Tokenizer;
-pub use types::{GgmlType, tensor_bytes};
+pub use types::{GgmlType, KERNEL_TYPES, tensor_bytes};
 pub use value::Value;
 pub use writer::{Fill, GgufWriter, WriterLayout};

@@ -80,6 +80,27 @@ ggml_types! {
     Q2_0 = 42, "Q2_0", 64, 18; // f16 + 64 2-bit quants; gguf-py 0.19 lacks it
 }
 
+/// The types shardload computes with: its guest kernels and its native
+/// oracle both implement exactly these (dequantize and matvec), and each
+/// refuses any other type by name. One list, read by both.
+pub const KERNEL_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
 /// Type ids ggml once used and has removed: files that use them are refused by name.
 const REMOVED: &[(u32, &str)] = &[
     (4, "Q4_2"),

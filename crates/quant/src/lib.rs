@@ -6,25 +6,8 @@
 
 use shardload_gguf::GgmlType;
 
-/// The types this crate dequantizes: every type in the real models at hand
-/// and in the usual 70B downloads.
-pub const SUPPORTED: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_NL,
-    GgmlType::IQ4_XS,
-];
+/// The types this crate dequantizes: the one list shared with the guest's kernels.
+pub use shardload_gguf::KERNEL_TYPES as SUPPORTED;
 
 mod dot;
 
