@@ -20,6 +20,9 @@ const FREE: usize = 0;
 const CHANGING: usize = usize::MAX;
 static STARTS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static ENDS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(FREE) }; SLOTS];
+/// Per-slot sequence numbers (a seqlock): odd while the slot's start and end
+/// are being written, so the handler reads a start and an end that belong together.
+static SEQS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static FAULTS: AtomicU64 = AtomicU64::new(0);
 static INSTALL: Once = Once::new();
 /// The host's page size, read once before the handler is installed (the
@@ -61,8 +64,10 @@ pub(crate) fn watch(start: *mut u8, len: usize) -> Result<Guard, String> {
             .compare_exchange(FREE, CHANGING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            SEQS[slot].fetch_add(1, Ordering::SeqCst);
             STARTS[slot].store(start, Ordering::SeqCst);
             ENDS[slot].store(start + len, Ordering::SeqCst);
+            SEQS[slot].fetch_add(1, Ordering::SeqCst);
             return Ok(Guard(slot));
         }
     }
@@ -74,22 +79,32 @@ pub(crate) fn watch(start: *mut u8, len: usize) -> Result<Guard, String> {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        // Invalidate first, then clear the start, then free the slot: at no
-        // point can the handler see a start and an end that do not belong together.
+        // Under the seqlock: invalidate, clear the start; then free the slot.
+        // The handler never sees a start and an end that do not belong together.
+        SEQS[self.0].fetch_add(1, Ordering::SeqCst);
         ENDS[self.0].store(CHANGING, Ordering::SeqCst);
         STARTS[self.0].store(0, Ordering::SeqCst);
+        SEQS[self.0].fetch_add(1, Ordering::SeqCst);
         ENDS[self.0].store(FREE, Ordering::SeqCst);
     }
 }
 
-/// Whether `address` lies in a registered mapping. Reads the start on both
-/// sides of the end, so a slot changing under the read is skipped.
+/// Whether `address` lies in a registered mapping. A slot whose sequence
+/// number is odd, or changes while its start and end are read, is skipped
+/// (reading the start twice is not enough: a slot can be freed, reused and
+/// freed again between the reads).
 fn watched(address: usize) -> bool {
     (0..SLOTS).any(|slot| {
+        let before = SEQS[slot].load(Ordering::SeqCst);
         let start = STARTS[slot].load(Ordering::SeqCst);
         let end = ENDS[slot].load(Ordering::SeqCst);
-        let again = STARTS[slot].load(Ordering::SeqCst);
-        end != FREE && end != CHANGING && start == again && start <= address && address < end
+        let after = SEQS[slot].load(Ordering::SeqCst);
+        before % 2 == 0
+            && before == after
+            && end != FREE
+            && end != CHANGING
+            && start <= address
+            && address < end
     })
 }
 
@@ -190,7 +205,7 @@ mod tests {
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                for _ in 0..200_000 {
+                for _ in 0..1_000_000 {
                     drop(watch((1usize << 44) as *mut u8, 1 << 20));
                 }
                 stop.store(true, Ordering::Release);
