@@ -184,17 +184,29 @@
         (local.set $b (i32.add (local.get $b) (i32.const 1)))
         (br $each_token))))
 
-  ;; Four f16 (as u16 at $h) to f32x4, exactly.
-  (func $f16x4_at (param $h i32) (result v128)
-    (call $f16x4 (i32x4.extend_low_i16x8_u (v128.load64_zero $m0 (local.get $h)))))
+  ;; The f16 to f32 conversion of $f16x4 (exact, NaN payloads kept) is written
+  ;; inline in the two loops below: they run once per cached position and
+  ;; head, and a call per four elements spilled every vector and cost more
+  ;; than the arithmetic.
 
   ;; sum_i a[i] * f16(b[i]) over $n f32 at $a and f16 at $b ($n a multiple of 4).
   (func $dot_f16 (param $a i32) (param $b i32) (param $n i32) (result f32)
-    (local $acc v128) (local $i i32)
+    (local $acc v128) (local $i i32) (local $h v128) (local $cb v128) (local $ce v128)
     (loop $each
+      (local.set $h (i32x4.extend_low_i16x8_u (v128.load64_zero $m0 (i32.add (local.get $b) (i32.shl (local.get $i) (i32.const 1))))))
       (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
         (v128.load $m0 (i32.add (local.get $a) (i32.shl (local.get $i) (i32.const 2))))
-        (call $f16x4_at (i32.add (local.get $b) (i32.shl (local.get $i) (i32.const 1)))))))
+        (v128.or
+          (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))
+          (v128.bitselect
+            (v128.or (local.tee $cb (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)) (i32.const 13)))
+                     (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+            (v128.bitselect
+              (f32x4.mul (f32x4.convert_i32x4_u (v128.and (local.get $h) (v128.const i32x4 0x3ff 0x3ff 0x3ff 0x3ff)))
+                         (f32x4.splat (f32.const 0x1p-24)))
+              (i32x4.add (local.get $cb) (v128.const i32x4 0x38000000 0x38000000 0x38000000 0x38000000))
+              (i32x4.eq (local.tee $ce (v128.and (local.get $h) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00))) (v128.const i64x2 0 0)))
+            (i32x4.eq (local.get $ce) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))))))
       (br_if $each (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (local.get $n))))
     (f32.add
       (f32.add (f32x4.extract_lane 0 (local.get $acc)) (f32x4.extract_lane 1 (local.get $acc)))
@@ -202,11 +214,23 @@
 
   ;; y[i] += a * f16(x[i]) over $n f32 at $y and f16 at $x ($n a multiple of 4).
   (func $axpy_f16 (param $y i32) (param $a f32) (param $x i32) (param $n i32)
-    (local $i i32) (local $at i32)
+    (local $i i32) (local $at i32) (local $h v128) (local $cb v128) (local $ce v128) (local $s v128)
+    (local.set $s (f32x4.splat (local.get $a)))
     (loop $each
       (local.set $at (i32.add (local.get $y) (i32.shl (local.get $i) (i32.const 2))))
+      (local.set $h (i32x4.extend_low_i16x8_u (v128.load64_zero $m0 (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 1))))))
       (v128.store $m0 (local.get $at) (f32x4.add (v128.load $m0 (local.get $at))
-        (f32x4.mul (f32x4.splat (local.get $a)) (call $f16x4_at (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 1)))))))
+        (f32x4.mul (local.get $s) (v128.or
+          (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))
+          (v128.bitselect
+            (v128.or (local.tee $cb (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)) (i32.const 13)))
+                     (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+            (v128.bitselect
+              (f32x4.mul (f32x4.convert_i32x4_u (v128.and (local.get $h) (v128.const i32x4 0x3ff 0x3ff 0x3ff 0x3ff)))
+                         (f32x4.splat (f32.const 0x1p-24)))
+              (i32x4.add (local.get $cb) (v128.const i32x4 0x38000000 0x38000000 0x38000000 0x38000000))
+              (i32x4.eq (local.tee $ce (v128.and (local.get $h) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00))) (v128.const i64x2 0 0)))
+            (i32x4.eq (local.get $ce) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))))))
       (br_if $each (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (local.get $n)))))
 
   ;; SwiGLU: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, $n f32.

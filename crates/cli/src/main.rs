@@ -331,7 +331,7 @@ struct SynthArgs {
     /// Transformer blocks to include (80 is the whole model).
     #[arg(long, value_name = "K", default_value_t = 80)]
     blocks: u64,
-    /// Fill tensors with random bytes instead of leaving a hole (costs real disk).
+    /// Fill tensors with random weights (random quants, small finite scales, unit norms) instead of a hole: costs real disk, runs the real forward pass.
     #[arg(long)]
     random: bool,
 }

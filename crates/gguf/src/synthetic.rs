@@ -31,6 +31,7 @@ pub fn llama3_70b_q4_k_m_blocks(blocks: u64) -> GgufWriter {
         .kv("llama.attention.head_count", Value::U32(64))
         .kv("llama.attention.head_count_kv", Value::U32(8))
         .kv("llama.rope.freq_base", Value::F32(500000.0))
+        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
         .kv("general.file_type", Value::U32(15));
     w.tensor("token_embd.weight", Q4_K, &[embed, vocab])
         .tensor("rope_freqs.weight", F32, &[64]);
@@ -55,19 +56,44 @@ pub fn llama3_70b_q4_k_m_blocks(blocks: u64) -> GgufWriter {
 }
 
 /// Writes the first `blocks` blocks of the Llama-3-70B Q4_K_M inventory with
-/// random bytes (a multi-GB model whose pages are really on disk), for
-/// measuring loads that cannot be served from a sparse file's holes.
-/// Returns the file's size.
+/// random weights (a multi-GB model whose pages are really on disk), for
+/// measuring loads and running the real forward pass: random quants and
+/// small finite block scales (f16 2^-14, the smallest normal, so a random
+/// model stays finite through 80 layers), F32 tensors (norms, RoPE factors)
+/// all 1.0. Returns the file's size.
 pub fn write_random_llama3_70b(path: &Path, blocks: u64) -> std::io::Result<u64> {
+    let writer = llama3_70b_q4_k_m_blocks(blocks);
+    let types = writer.tensor_types();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut fill = |_: usize, _: u64, buf: &mut [u8]| {
+    let mut fill = |tensor: usize, offset: u64, buf: &mut [u8]| {
+        let ty = types[tensor];
+        if ty == GgmlType::F32 {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = 1f32.to_le_bytes()[(offset as usize + i) % 4];
+            }
+            return;
+        }
         for word in buf.chunks_mut(8) {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
         }
+        // The f16 scales of each block: d and dmin of Q4_K (bytes 0..4), d of Q6_K (208..210).
+        let scale_bytes: &[u64] = match ty {
+            GgmlType::Q4_K => &[0, 1, 2, 3],
+            GgmlType::Q6_K => &[208, 209],
+            _ => &[],
+        };
+        let size = ty.type_size();
+        for (i, b) in buf.iter_mut().enumerate() {
+            let at = (offset + i as u64) % size;
+            if scale_bytes.contains(&at) {
+                // 0x0400 little-endian: 2^-14.
+                *b = if at.is_multiple_of(2) { 0x00 } else { 0x04 };
+            }
+        }
     };
-    let layout = llama3_70b_q4_k_m_blocks(blocks).write(path, Some(&mut fill))?;
+    let layout = writer.write(path, Some(&mut fill))?;
     Ok(layout.file_size)
 }

@@ -52,6 +52,11 @@ impl GgufWriter {
         self
     }
 
+    /// Each tensor's type, in order (for fills that write real blocks).
+    pub(crate) fn tensor_types(&self) -> Vec<GgmlType> {
+        self.tensors.iter().map(|t| t.1).collect()
+    }
+
     fn alignment(&self) -> u64 {
         let key = self.metadata.iter().find(|(k, _)| k == "general.alignment");
         key.and_then(|(_, v)| v.as_u64())

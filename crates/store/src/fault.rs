@@ -99,7 +99,7 @@ fn watched(address: usize) -> bool {
         let start = STARTS[slot].load(Ordering::SeqCst);
         let end = ENDS[slot].load(Ordering::SeqCst);
         let after = SEQS[slot].load(Ordering::SeqCst);
-        before % 2 == 0
+        before.is_multiple_of(2)
             && before == after
             && end != FREE
             && end != CHANGING

@@ -133,11 +133,10 @@ impl MappedMemory {
             watch: None,
         };
         let page_size = fault::page_size();
-        if let Some(range) = source
-            .extents
-            .iter()
-            .find(|r| r.file_offset % page_size as u64 != 0 || r.memory_offset % page_size != 0)
-        {
+        if let Some(range) = source.extents.iter().find(|r| {
+            !r.file_offset.is_multiple_of(page_size as u64)
+                || !r.memory_offset.is_multiple_of(page_size)
+        }) {
             return Err(format!(
                 "an extent at file offset {} is not aligned to this host's {page_size}-byte pages; \
                  use --load copy",
