@@ -14,6 +14,15 @@ use shardload_suite::{GEMMA, SMOLLM2, model, root};
 const NEAR_TIE: f64 = 0.35;
 
 fn session(name: &str, shards: u32, ctx: usize) -> (WeightStore, Session) {
+    session_with_threads(name, shards, ctx, 1)
+}
+
+fn session_with_threads(
+    name: &str,
+    shards: u32,
+    ctx: usize,
+    threads: usize,
+) -> (WeightStore, Session) {
     let opened = OpenModel::open(&model(name)).unwrap();
     let plan = opened
         .plan(&PlanOptions {
@@ -22,7 +31,7 @@ fn session(name: &str, shards: u32, ctx: usize) -> (WeightStore, Session) {
         })
         .unwrap();
     let store = WeightStore::new(plan, LoadMode::Mmap).unwrap();
-    let session = Session::new(&store, opened.gguf.metadata(), ctx).unwrap();
+    let session = Session::new(&store, opened.gguf.metadata(), ctx, threads).unwrap();
     (store, session)
 }
 
@@ -199,6 +208,23 @@ fn any_shard_count_gives_bit_identical_logits() {
 }
 
 #[test]
+fn one_two_and_three_threads_give_bit_identical_logits() {
+    let logits: Vec<Vec<u32>> = [1, 2, 3]
+        .iter()
+        .map(|&threads| {
+            let (_store, mut session) = session_with_threads(SMOLLM2, 2, 64, threads);
+            let mut last = session.eval(&TOKENS[..12]).unwrap();
+            for &t in &TOKENS[12..16] {
+                last = session.eval(&[t]).unwrap();
+            }
+            bits(&last)
+        })
+        .collect();
+    assert_eq!(logits[0], logits[1]);
+    assert_eq!(logits[0], logits[2]);
+}
+
+#[test]
 fn bad_prompts_are_errors_not_panics() {
     let (_store, mut session) = session(SMOLLM2, 1, 16);
     let error = session.eval(&[]).unwrap_err().to_string();
@@ -216,7 +242,7 @@ fn an_unsupported_architecture_is_refused_by_name_before_anything_runs() {
     let opened = OpenModel::open(&model(GEMMA)).unwrap();
     let plan = opened.plan(&PlanOptions::default()).unwrap();
     let store = WeightStore::new(plan, LoadMode::Mmap).unwrap();
-    let error = Session::new(&store, opened.gguf.metadata(), 64)
+    let error = Session::new(&store, opened.gguf.metadata(), 64, 1)
         .err()
         .unwrap()
         .to_string();

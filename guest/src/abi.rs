@@ -12,6 +12,10 @@ pub const IMPORT_MODULE: &str = "shardload";
 pub const SCRATCH_IMPORT: &str = "scratch";
 /// The smallest scratch memory the guest declares, in 64 KiB pages.
 pub const SCRATCH_MIN_PAGES: u64 = 1;
+/// The largest: 4 GiB. Scratch is a *shared* memory (threads: several guest
+/// instances, one per thread, share activations and the KV cache), and a
+/// shared memory must declare its maximum.
+pub const SCRATCH_MAX_PAGES: u64 = 65536;
 /// `"SLRT"` read as a little-endian u32: marks the tables' header.
 pub const TABLE_MAGIC: u32 = u32::from_le_bytes(*b"SLRT");
 /// Version of the table layout (2: tensor entries carry type and row length).

@@ -228,10 +228,11 @@ pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
     let mut wat = String::from("(module\n");
     let _ = writeln!(
         wat,
-        "  (import \"{}\" \"{}\" (memory $m0 {}))",
+        "  (import \"{}\" \"{}\" (memory $m0 {} {} shared))",
         abi::IMPORT_MODULE,
         abi::SCRATCH_IMPORT,
-        abi::SCRATCH_MIN_PAGES
+        abi::SCRATCH_MIN_PAGES,
+        abi::SCRATCH_MAX_PAGES
     );
     for k in 0..shards {
         let _ = writeln!(

@@ -3,7 +3,8 @@
 use proptest::prelude::*;
 use shardload_guest::{DotProduct, abi, guest_wasm};
 use wasmtime::{
-    Config, Engine, Instance, Linker, Memory, MemoryType, Module, Store, Trap, TypedFunc,
+    Config, Engine, Instance, Linker, Memory, MemoryType, Module, SharedMemory, Store, Trap,
+    TypedFunc,
 };
 use xxhash_rust::xxh64::xxh64;
 
@@ -14,7 +15,7 @@ struct Guest {
     store: Store<()>,
     instance: Instance,
     shards: Vec<Memory>,
-    scratch: Memory,
+    scratch: SharedMemory,
 }
 
 impl Guest {
@@ -23,7 +24,9 @@ impl Guest {
         config
             .wasm_memory64(true)
             .wasm_multi_memory(true)
-            .wasm_simd(true);
+            .wasm_simd(true)
+            .wasm_threads(true)
+            .shared_memory(true);
         let engine = Engine::new(&config).unwrap();
         let module = Module::new(
             &engine,
@@ -33,10 +36,19 @@ impl Guest {
         let mut store = Store::new(&engine, ());
         let mut linker = Linker::new(&engine);
         let scratch_pages = (tables.len().div_ceil(PAGE) as u32).max(1);
-        let scratch = Memory::new(&mut store, MemoryType::new(scratch_pages, None)).unwrap();
-        scratch.data_mut(&mut store)[..tables.len()].copy_from_slice(tables);
+        let scratch_type = MemoryType::shared(scratch_pages, abi::SCRATCH_MAX_PAGES as u32);
+        let scratch = SharedMemory::new(&engine, scratch_type).unwrap();
+        for (cell, &byte) in scratch.data().iter().zip(tables) {
+            // SAFETY: no guest runs yet; each cell is a byte of the memory.
+            unsafe { *cell.get() = byte };
+        }
         linker
-            .define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch)
+            .define(
+                &mut store,
+                abi::IMPORT_MODULE,
+                abi::SCRATCH_IMPORT,
+                scratch.clone(),
+            )
             .unwrap();
         let mut memories = Vec::new();
         for k in 0..shards {

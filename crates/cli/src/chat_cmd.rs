@@ -96,7 +96,7 @@ pub fn run(args: &ChatArgs) -> Result<ExitCode> {
         }
     };
     let store = args.store.build(&model)?;
-    let mut session = Session::new(&store, file, args.ctx)?;
+    let mut session = Session::new(&store, file, args.ctx, args.store.threads)?;
     let mut sampler = Sampler::new(args.sampling.config());
 
     let mut messages = Vec::new();

@@ -39,9 +39,6 @@ pub struct GenerateArgs {
     /// Context size in tokens (prompt + generated); sizes the KV cache.
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
-    /// Threads (only 1 is implemented so far; see the README).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
     #[command(flatten)]
     store: StoreArgs,
     /// Print one JSON object at the end instead of streaming text.
@@ -51,12 +48,6 @@ pub struct GenerateArgs {
 
 pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     check_model_exists(&args.model)?;
-    if args.threads != 1 {
-        bail!(
-            "--threads {}: only 1 thread is implemented so far",
-            args.threads
-        );
-    }
     let started = Instant::now();
     let model = OpenModel::open(&args.model)?;
     let file = model.gguf.metadata();
@@ -98,7 +89,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
         );
     }
     let store = args.store.build(&model)?;
-    let mut session = Session::new(&store, file, args.ctx)?;
+    let mut session = Session::new(&store, file, args.ctx, args.store.threads)?;
     let ready = started.elapsed();
 
     let mut sampler = Sampler::new(args.sampling.config());

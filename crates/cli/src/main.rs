@@ -213,6 +213,9 @@ struct StoreArgs {
     /// How shard memories get their bytes.
     #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
     load: LoadArg,
+    /// Threads: one guest instance each, sharing activations; matmul rows are split among them.
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
+    threads: usize,
 }
 
 impl StoreArgs {

@@ -7,6 +7,7 @@
 
 mod arch;
 mod chat;
+mod pool;
 mod sample;
 mod session;
 

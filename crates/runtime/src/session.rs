@@ -8,6 +8,7 @@ use shardload_guest::exports;
 use shardload_store::{GuestInstance, WeightStore};
 
 use crate::arch::{Hyperparameters, ModelTensors};
+use crate::pool::{MatmulArgs, Pool};
 
 /// Tokens evaluated together in one pass over the weights (prompt processing).
 const MAX_BATCH: usize = 32;
@@ -27,6 +28,8 @@ struct Layout {
     logits: usize,
     scores: usize,
     tmp: usize,
+    /// Bytes of one thread's `tmp` region (thread k's starts at `tmp + k * tmp_bytes`).
+    tmp_bytes: usize,
     k_cache: usize,
     v_cache: usize,
     /// Bytes of one layer's K (or V) cache.
@@ -35,7 +38,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(start: usize, hp: &Hyperparameters, ctx: usize) -> Layout {
+    fn new(start: usize, hp: &Hyperparameters, ctx: usize, threads: usize) -> Layout {
         let f = 4;
         let b = MAX_BATCH;
         let q_width = hp.heads * hp.head_dim;
@@ -58,7 +61,8 @@ impl Layout {
         let up = take(b * hp.ffn * f);
         let logits = take(hp.vocab * f);
         let scores = take(ctx * f);
-        let tmp = take(b * widest * 2 + widest * 4);
+        let tmp_bytes = (b * widest * 2 + widest * 4).next_multiple_of(64);
+        let tmp = take(tmp_bytes * threads);
         let cache_layer = ctx * kv_width * 2;
         let k_cache = take(cache_layer * hp.layers);
         let v_cache = take(cache_layer * hp.layers);
@@ -75,6 +79,7 @@ impl Layout {
             logits,
             scores,
             tmp,
+            tmp_bytes,
             k_cache,
             v_cache,
             cache_layer,
@@ -86,6 +91,7 @@ impl Layout {
 /// A model loaded into a guest, with its KV cache.
 pub struct Session {
     guest: GuestInstance,
+    pool: Pool,
     hp: Hyperparameters,
     tensors: ModelTensors,
     layout: Layout,
@@ -95,16 +101,25 @@ pub struct Session {
 }
 
 impl Session {
-    /// Instantiates a guest from `store` and lays out scratch for a context of
-    /// `ctx` tokens. `file` is the model's first GGUF file (its metadata).
-    pub fn new(store: &WeightStore, file: &GgufFile, ctx: usize) -> Result<Session> {
+    /// Instantiates a guest from `store` (one per thread, all sharing one
+    /// scratch memory) and lays out scratch for a context of `ctx` tokens.
+    /// `file` is the model's first GGUF file (its metadata).
+    pub fn new(
+        store: &WeightStore,
+        file: &GgufFile,
+        ctx: usize,
+        threads: usize,
+    ) -> Result<Session> {
         let hp = Hyperparameters::read(file)?;
         if ctx == 0 {
             bail!("--ctx must be at least 1");
         }
         let tensors = ModelTensors::find(store.plan(), &hp)?;
+        if threads == 0 || threads > 256 {
+            bail!("--threads must be between 1 and 256, not {threads}");
+        }
         let (mut guest, _) = store.instantiate()?;
-        let layout = Layout::new(guest.scratch_free(), &hp, ctx);
+        let layout = Layout::new(guest.scratch_free(), &hp, ctx, threads);
         if layout.end > u32::MAX as usize {
             bail!(
                 "a context of {ctx} tokens needs {:.1} GiB of guest memory, past the 4 GiB of a 32-bit memory; use a smaller --ctx",
@@ -112,8 +127,12 @@ impl Session {
             );
         }
         guest.ensure_scratch(layout.end)?;
+        let workers = (1..threads)
+            .map(|_| store.instantiate_sharing(&guest))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Session {
             guest,
+            pool: Pool::new(workers),
             hp,
             tensors,
             layout,
@@ -284,6 +303,8 @@ impl Session {
     }
 
     /// `Y[b] = W · X[b]` for `batch` inputs at `x`, all `rows` rows of W.
+    /// `Y[b] = W · X[b]` for `batch` inputs at `x`, all `rows` rows of W,
+    /// the rows split evenly among the threads (each with its own `tmp`).
     fn matmul(
         &mut self,
         weight: i32,
@@ -293,18 +314,23 @@ impl Session {
         y: usize,
         y_stride: usize,
     ) -> Result<()> {
-        let args = (
-            weight,
-            0i64,
-            rows as i64,
-            x as i32,
-            batch as i32,
-            y as i32,
-            y_stride as i32,
-            self.layout.tmp as i32,
-        );
-        self.guest
-            .call(exports::MATMUL, args, || format!("tensor {weight}"))
+        let threads = self.pool.threads();
+        let jobs: Vec<MatmulArgs> = (0..threads)
+            .map(|k| {
+                let (first, end) = (rows * k / threads, rows * (k + 1) / threads);
+                (
+                    weight,
+                    first as i64,
+                    (end - first) as i64,
+                    x as i32,
+                    batch as i32,
+                    (y + first * 4) as i32,
+                    y_stride as i32,
+                    (self.layout.tmp + k * self.layout.tmp_bytes) as i32,
+                )
+            })
+            .collect();
+        self.pool.matmul(&mut self.guest, &jobs)
     }
 
     fn add(&mut self, a: usize, b: usize, n: usize) -> Result<()> {

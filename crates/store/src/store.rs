@@ -1,6 +1,7 @@
 //! The weight store: one compiled guest, and any number of guest instances,
 //! each with its own shard memories over the same model files.
 
+use std::cell::UnsafeCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use shardload_gguf::GgmlType;
 use shardload_guest::exports::{self, EXPORTS, Export};
 use shardload_guest::{DotProduct, abi};
 use wasmtime::{
-    Config, Engine, Func, Linker, Memory, MemoryType, Module, Store, WasmParams, WasmResults,
+    Config, Engine, Func, Linker, Memory, MemoryType, Module, SharedMemory, Store, WasmParams,
+    WasmResults,
 };
 use xxhash_rust::xxh64::Xxh64;
 
@@ -70,7 +72,9 @@ impl WeightStore {
             .wasm_memory64(true)
             .wasm_multi_memory(true)
             .wasm_simd(true)
-            .wasm_relaxed_simd(true);
+            .wasm_relaxed_simd(true)
+            .wasm_threads(true)
+            .shared_memory(true);
         config.with_host_memory(creator.clone());
         let engine = wasm(Engine::new(&config)).context("cannot configure wasmtime")?;
         let shards = u32::try_from(plan.shards.len()).context("too many shards")?;
@@ -149,8 +153,24 @@ impl WeightStore {
         &self.plan
     }
 
-    /// Makes one guest instance in a store of its own, with its own shard memories.
+    /// Makes one guest instance in a store of its own, with its own shard
+    /// memories and a new scratch memory.
     pub fn instantiate(&self) -> Result<(GuestInstance, InstanceTimings)> {
+        self.instantiate_with(None)
+    }
+
+    /// Another guest instance over the same scratch memory as `other` (its
+    /// activations and KV cache), with shard memories of its own: one per
+    /// thread, so threads split a kernel's work without copying anything.
+    pub fn instantiate_sharing(&self, other: &GuestInstance) -> Result<GuestInstance> {
+        self.instantiate_with(Some(other.scratch.clone()))
+            .map(|(guest, _)| guest)
+    }
+
+    fn instantiate_with(
+        &self,
+        shared: Option<SharedMemory>,
+    ) -> Result<(GuestInstance, InstanceTimings)> {
         if self.mode == LoadMode::Copy {
             let needed: u64 = self.plan.shards.iter().map(|s| s.bytes).sum();
             if let Some(available) = available_memory().filter(|&a| needed > a) {
@@ -179,11 +199,22 @@ impl WeightStore {
         let pages = (self.tables.len() as u64)
             .div_ceil(WASM_PAGE)
             .max(abi::SCRATCH_MIN_PAGES);
-        let scratch = wasm(Memory::new(&mut store, MemoryType::new(pages as u32, None)))
-            .context("cannot allocate guest scratch memory")?;
-        scratch.data_mut(&mut store)[..self.tables.len()].copy_from_slice(&self.tables);
+        let scratch = match shared {
+            Some(scratch) => scratch,
+            None => {
+                let ty = MemoryType::shared(pages as u32, abi::SCRATCH_MAX_PAGES as u32);
+                wasm(SharedMemory::new(&self.engine, ty))
+                    .context("cannot allocate guest scratch memory")?
+            }
+        };
+        write_shared(&scratch, 0, &self.tables);
         let mut linker = Linker::new(&self.engine);
-        linker.define(&mut store, abi::IMPORT_MODULE, abi::SCRATCH_IMPORT, scratch)?;
+        linker.define(
+            &mut store,
+            abi::IMPORT_MODULE,
+            abi::SCRATCH_IMPORT,
+            scratch.clone(),
+        )?;
         for (k, memory) in shards.iter().enumerate() {
             linker.define(
                 &mut store,
@@ -260,7 +291,7 @@ impl WeightStore {
 /// One guest instance over its own shard memories.
 pub struct GuestInstance {
     store: Store<()>,
-    scratch: Memory,
+    scratch: SharedMemory,
     /// Where kernels may write in scratch: past the routing tables.
     scratch_free: usize,
     /// Each tensor's type name and dims.
@@ -326,7 +357,7 @@ impl GuestInstance {
         let y_at = tmp_at + x.len() * 4;
         self.ensure_scratch(y_at + usize::try_from(rows).context("too many rows")? * 4)?;
         let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.scratch.data_mut(&mut self.store)[x_at..tmp_at].copy_from_slice(&bytes);
+        write_shared(&self.scratch, x_at, &bytes);
         let args = (
             tensor_id(tensor)?,
             first_row as i64,
@@ -370,27 +401,36 @@ impl GuestInstance {
     /// Copies f32 values into scratch at byte offset `at` (growing it as needed).
     pub fn write_f32s(&mut self, at: usize, values: &[f32]) -> Result<()> {
         self.ensure_scratch(at + values.len() * 4)?;
-        let bytes = &mut self.scratch.data_mut(&mut self.store)[at..at + values.len() * 4];
-        for (chunk, v) in bytes.chunks_exact_mut(4).zip(values) {
-            chunk.copy_from_slice(&v.to_le_bytes());
-        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_shared(&self.scratch, at, &bytes);
         Ok(())
     }
 
     /// Grows scratch so that bytes `[0, end)` exist: callers lay out their
     /// buffers first, then grow once.
     pub fn ensure_scratch(&mut self, end: usize) -> Result<()> {
-        let have = self.scratch.data_size(&self.store);
+        let have = self.scratch.data_size();
         if end > have {
             let pages = (end - have).div_ceil(WASM_PAGE as usize) as u64;
-            wasm(self.scratch.grow(&mut self.store, pages)).context("cannot grow scratch")?;
+            wasm(self.scratch.grow(pages)).context("cannot grow scratch")?;
         }
         Ok(())
     }
 
     /// `count` f32 values from scratch at byte offset `at` (which must exist).
     pub fn read_f32s(&self, at: usize, count: usize) -> Vec<f32> {
-        let bytes = &self.scratch.data(&self.store)[at..at + count * 4];
+        let cells = &self.scratch.data()[at..at + count * 4];
+        let mut bytes = vec![0u8; cells.len()];
+        // SAFETY: the cells are `count * 4` bytes of the shared memory (the
+        // slice bounds are checked above); a guest writing concurrently could
+        // only make the values stale, never the read unsound (plain bytes).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                UnsafeCell::raw_get(cells.as_ptr()),
+                bytes.as_mut_ptr(),
+                bytes.len(),
+            );
+        }
         bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -443,6 +483,21 @@ impl GuestInstance {
 /// be added with anyhow's `Context`.
 fn wasm<T>(result: wasmtime::Result<T>) -> Result<T> {
     result.map_err(anyhow::Error::from)
+}
+
+/// Copies `bytes` into a shared memory at `at` (which must exist).
+fn write_shared(memory: &SharedMemory, at: usize, bytes: &[u8]) {
+    let cells = &memory.data()[at..at + bytes.len()];
+    // SAFETY: the cells are exactly `bytes.len()` bytes of the shared memory
+    // (bounds checked by the slice above); plain bytes, so a concurrent guest
+    // access could only see old or new values.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            UnsafeCell::raw_get(cells.as_ptr()),
+            bytes.len(),
+        );
+    }
 }
 
 /// A tensor index as the guest's i32.
