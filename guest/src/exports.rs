@@ -112,8 +112,9 @@ exports! {
     /// values to a layer's f16 caches.
     STORE_KV = "store_kv"(i32, i32, i32, i32, i32, i32, i32) -> ();
     /// `(q, tokens, pos0, heads, kv_heads, head_dim, k_cache, v_cache, scale,
-    /// window, scores, out)`: causal grouped-query attention over the caches.
-    ATTENTION = "attention"(i32, i32, i32, i32, i32, i32, i32, i32, f32, i32, i32, i32) -> ();
+    /// window, scores, out, first_head, end_head)`: causal grouped-query
+    /// attention over the caches, for query heads `[first_head, end_head)`.
+    ATTENTION = "attention"(i32, i32, i32, i32, i32, i32, i32, i32, f32, i32, i32, i32, i32, i32) -> ();
     /// `(gate, up, n, out)`: SwiGLU, `silu(gate) * up`.
     SILU_MUL = "silu_mul"(i32, i32, i32, i32) -> ();
     /// `(a, b, n, out)`: `a + b` (residual connections).

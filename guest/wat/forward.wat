@@ -124,9 +124,11 @@
   ;; Query head h reads KV head h / ($heads / $kv_heads). With $window > 0 a
   ;; token sees only the last $window positions (sliding-window layers).
   ;; scores = q.k * $scale; softmax (max subtracted, exp in f64); out = sum p v.
-  ;; $scores holds one f32 per position.
+  ;; $scores holds one f32 per position. Only query heads [$h0, $h1) are
+  ;; computed, so threads can share the heads out.
   (func (export "attention") (param $q i32) (param $tokens i32) (param $pos0 i32) (param $heads i32) (param $kv_heads i32) (param $head_dim i32)
         (param $k_cache i32) (param $v_cache i32) (param $scale f32) (param $window i32) (param $scores i32) (param $out i32)
+        (param $h0 i32) (param $h1 i32)
     (local $b i32) (local $h i32) (local $pos i32) (local $first i32) (local $t i32) (local $d i32) (local $group i32)
     (local $qrow i32) (local $krow i32) (local $orow i32) (local $kv_width i32)
     (local $dot f32) (local $max f32) (local $sum f64) (local $p f32) (local $e f32) (local $inv f32)
@@ -139,8 +141,10 @@
         (local.set $first (i32.const 0))
         (if (i32.and (i32.gt_s (local.get $window) (i32.const 0)) (i32.ge_u (local.get $pos) (local.get $window)))
           (then (local.set $first (i32.add (i32.sub (local.get $pos) (local.get $window)) (i32.const 1)))))
-        (local.set $h (i32.const 0))
+        (local.set $h (local.get $h0))
+        (block $heads_done
         (loop $each_head
+          (br_if $heads_done (i32.ge_u (local.get $h) (local.get $h1)))
           (local.set $qrow (i32.add (local.get $q) (i32.shl
             (i32.mul (i32.add (i32.mul (local.get $b) (local.get $heads)) (local.get $h)) (local.get $head_dim)) (i32.const 2))))
           (local.set $orow (i32.add (local.get $out) (i32.sub (local.get $qrow) (local.get $q))))
@@ -180,7 +184,8 @@
                 (i32.const 1)))
               (local.get $head_dim))
             (br_if $each_value (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
-          (br_if $each_head (i32.lt_u (local.tee $h (i32.add (local.get $h) (i32.const 1))) (local.get $heads))))
+          (local.set $h (i32.add (local.get $h) (i32.const 1)))
+          (br $each_head)))
         (local.set $b (i32.add (local.get $b) (i32.const 1)))
         (br $each_token))))
 

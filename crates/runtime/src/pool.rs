@@ -1,9 +1,10 @@
 //! Threads for the forward pass: one guest instance per extra thread, all
 //! sharing the first instance's scratch memory (a wasm shared memory), each
-//! with its own mappings of the same shards. A matmul's rows are split among
-//! the threads; the threads spin between jobs rather than sleep, because a
-//! token is hundreds of short jobs and a sleeping hand-off costs ~22 µs each
-//! (shared/notes/wasm-threads.md), as much as a matmul.
+//! with its own mappings of the same shards. A kernel's work (a matmul's rows,
+//! attention's heads) is split among the threads; the threads spin between
+//! jobs rather than sleep, because a token is hundreds of short jobs and a
+//! sleeping hand-off costs ~22 µs each (shared/notes/wasm-threads.md), as
+//! much as a matmul.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,16 +12,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use shardload_guest::exports;
 use shardload_store::GuestInstance;
 
-/// The arguments of the guest's `matmul` export.
-pub(crate) type MatmulArgs = (i32, i64, i64, i32, i32, i32, i32, i32);
+/// One thread's share of a kernel: a call on that thread's guest instance.
+pub(crate) type Job = Box<dyn FnOnce(&mut GuestInstance) -> Result<()> + Send>;
 
 /// One worker's mailbox: a job, its sequence number, and the result.
 #[derive(Default)]
 struct Slot {
-    job: Mutex<Option<MatmulArgs>>,
+    job: Mutex<Option<Job>>,
     posted: AtomicU64,
     done: AtomicU64,
     error: Mutex<Option<anyhow::Error>>,
@@ -34,7 +34,7 @@ pub(crate) struct Pool {
 
 impl Pool {
     /// Starts one thread per guest instance given.
-    pub(crate) fn new(guests: Vec<GuestInstance>) -> Pool {
+    pub(crate) fn new(guests: Vec<GuestInstance>) -> Result<Pool> {
         let workers = guests
             .into_iter()
             .map(|guest| {
@@ -42,12 +42,11 @@ impl Pool {
                 let mine = Arc::clone(&slot);
                 let handle = std::thread::Builder::new()
                     .name("shardload-worker".into())
-                    .spawn(move || work(guest, &mine))
-                    .expect("spawning a worker thread");
-                (slot, Some(handle))
+                    .spawn(move || work(guest, &mine))?;
+                Ok((slot, Some(handle)))
             })
-            .collect();
-        Pool { workers }
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Pool { workers })
     }
 
     /// Threads in all, the caller's included.
@@ -56,18 +55,20 @@ impl Pool {
     }
 
     /// Runs `jobs[0]` on the calling thread's guest and `jobs[k]` on worker
-    /// k - 1, and returns when all are done.
-    pub(crate) fn matmul(&self, guest: &mut GuestInstance, jobs: &[MatmulArgs]) -> Result<()> {
-        for ((slot, _), job) in self.workers.iter().zip(&jobs[1..]) {
+    /// k - 1 (at most [`Pool::threads`] jobs), and returns when all are done,
+    /// with the first error if any failed.
+    pub(crate) fn run(&self, guest: &mut GuestInstance, mut jobs: Vec<Job>) -> Result<()> {
+        let rest = jobs.split_off(1);
+        for ((slot, _), job) in self.workers.iter().zip(rest) {
             *slot
                 .job
                 .lock()
-                .map_err(|_| anyhow!("worker mailbox poisoned"))? = Some(*job);
+                .map_err(|_| anyhow!("worker mailbox poisoned"))? = Some(job);
             slot.posted.fetch_add(1, Ordering::Release);
         }
-        let mine = guest.call(exports::MATMUL, jobs[0], || format!("tensor {}", jobs[0].0));
+        let mine = jobs.pop().map_or(Ok(()), |job| job(guest));
         let mut first_error = mine.err();
-        for (slot, _) in &self.workers[..jobs.len() - 1] {
+        for (slot, _) in &self.workers {
             let posted = slot.posted.load(Ordering::Relaxed);
             while slot.done.load(Ordering::Acquire) != posted {
                 std::hint::spin_loop();
@@ -103,20 +104,18 @@ fn work(mut guest: GuestInstance, slot: &Slot) {
                 return;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && idle.elapsed() > Duration::from_millis(50) {
+            if spins.is_multiple_of(1024) && idle.elapsed() > Duration::from_millis(50) {
                 std::thread::sleep(Duration::from_micros(200));
             } else {
                 std::hint::spin_loop();
             }
         }
         seen = slot.posted.load(Ordering::Acquire);
-        let job = slot.job.lock().ok().and_then(|j| *j);
-        if let Some(args) = job {
-            if let Err(error) = guest.call(exports::MATMUL, args, || format!("tensor {}", args.0)) {
-                if let Ok(mut e) = slot.error.lock() {
-                    *e = Some(error);
-                }
-            }
+        let job = slot.job.lock().ok().and_then(|mut j| j.take());
+        if let Some(Err(error)) = job.map(|job| job(&mut guest))
+            && let Ok(mut e) = slot.error.lock()
+        {
+            *e = Some(error);
         }
         slot.done.store(seen, Ordering::Release);
     }

@@ -8,7 +8,7 @@ use shardload_guest::exports;
 use shardload_store::{GuestInstance, WeightStore};
 
 use crate::arch::{Hyperparameters, ModelTensors};
-use crate::pool::{MatmulArgs, Pool};
+use crate::pool::{Job, Pool};
 
 /// Tokens evaluated together in one pass over the weights (prompt processing).
 const MAX_BATCH: usize = 32;
@@ -60,7 +60,7 @@ impl Layout {
         let gate = take(b * hp.ffn * f);
         let up = take(b * hp.ffn * f);
         let logits = take(hp.vocab * f);
-        let scores = take(ctx * f);
+        let scores = take(ctx * f * threads);
         let tmp_bytes = (b * widest * 2 + widest * 4).next_multiple_of(64);
         let tmp = take(tmp_bytes * threads);
         let cache_layer = ctx * kv_width * 2;
@@ -132,7 +132,7 @@ impl Session {
             .collect::<Result<Vec<_>>>()?;
         Ok(Session {
             guest,
-            pool: Pool::new(workers),
+            pool: Pool::new(workers)?,
             hp,
             tensors,
             layout,
@@ -255,21 +255,32 @@ impl Session {
                 pos0 as i32,
             );
             self.guest.call(exports::STORE_KV, args, what)?;
-            let args = (
-                l.q as i32,
-                n as i32,
-                pos0 as i32,
-                hp.heads as i32,
-                hp.kv_heads as i32,
-                hp.head_dim as i32,
-                k_cache,
-                v_cache,
-                scale,
-                0,
-                l.scores as i32,
-                l.att as i32,
-            );
-            self.guest.call(exports::ATTENTION, args, what)?;
+            // Query heads shared out among the threads, each with its own scores.
+            let threads = self.pool.threads();
+            let jobs: Vec<Job> = (0..threads)
+                .map(|k| {
+                    let args = (
+                        l.q as i32,
+                        n as i32,
+                        pos0 as i32,
+                        hp.heads as i32,
+                        hp.kv_heads as i32,
+                        hp.head_dim as i32,
+                        k_cache,
+                        v_cache,
+                        scale,
+                        0,
+                        (l.scores + k * self.ctx * 4) as i32,
+                        l.att as i32,
+                        (hp.heads * k / threads) as i32,
+                        (hp.heads * (k + 1) / threads) as i32,
+                    );
+                    Box::new(move |guest: &mut GuestInstance| {
+                        guest.call(exports::ATTENTION, args, || format!("layer {layer}"))
+                    }) as Job
+                })
+                .collect();
+            self.pool.run(&mut self.guest, jobs)?;
             self.matmul(t.o, hp.embd, l.att, n, l.proj, hp.embd)?;
             self.add(l.x, l.proj, n * hp.embd)?;
             self.call_norm(l.x, n, hp.embd, hp.rms_eps, t.ffn_norm, l.xb)?;
@@ -315,10 +326,10 @@ impl Session {
         y_stride: usize,
     ) -> Result<()> {
         let threads = self.pool.threads();
-        let jobs: Vec<MatmulArgs> = (0..threads)
+        let jobs: Vec<Job> = (0..threads)
             .map(|k| {
                 let (first, end) = (rows * k / threads, rows * (k + 1) / threads);
-                (
+                let args = (
                     weight,
                     first as i64,
                     (end - first) as i64,
@@ -327,10 +338,13 @@ impl Session {
                     (y + first * 4) as i32,
                     y_stride as i32,
                     (self.layout.tmp + k * self.layout.tmp_bytes) as i32,
-                )
+                );
+                Box::new(move |guest: &mut GuestInstance| {
+                    guest.call(exports::MATMUL, args, || format!("tensor {weight}"))
+                }) as Job
             })
             .collect();
-        self.pool.matmul(&mut self.guest, &jobs)
+        self.pool.run(&mut self.guest, jobs)
     }
 
     fn add(&mut self, a: usize, b: usize, n: usize) -> Result<()> {
