@@ -3,6 +3,8 @@
 //! Used by `shardload bench` and `benches/`; never by timed tests. A client
 //! of the store's public API, like any embedder.
 
+pub mod generation;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Result;

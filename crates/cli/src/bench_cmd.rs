@@ -9,7 +9,14 @@ use shardload_bench as bench;
 
 use crate::{BenchArgs, check_model_exists};
 
+/// Where `scripts/build-llama-cpp` puts llama-bench.
+const LLAMA_BENCH: &str =
+    ".llama.cpp/llama-cpp-python-0.3.36/vendor/llama.cpp/build/bin/llama-bench";
+
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    if args.generate {
+        return generation(args);
+    }
     let dir = tempfile::tempdir()?;
     let mut models = args.models.clone();
     for model in &models {
@@ -58,6 +65,71 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--generate`: the forward pass's speed next to llama-bench's, per thread count.
+fn generation(args: &BenchArgs) -> Result<ExitCode> {
+    use shardload_bench::generation::{Speed, guest_speed, llama_cpp_speed};
+    let llama_bench = args
+        .llama_bench
+        .clone()
+        .or_else(|| Some(std::path::PathBuf::from(LLAMA_BENCH)).filter(|p| p.exists()));
+    let mut out = Vec::new();
+    for model in &args.models {
+        check_model_exists(model)?;
+        let guest = guest_speed(model, args.shards, &args.threads, 3)?;
+        let reference: Option<Vec<Speed>> = match &llama_bench {
+            Some(path) => Some(llama_cpp_speed(path, model, &args.threads, 3)?),
+            None => {
+                eprintln!(
+                    "no llama-bench (run scripts/build-llama-cpp or give --llama-bench): guest only"
+                );
+                None
+            }
+        };
+        if !args.json {
+            println!(
+                "{}  ({} shards, page cache warm, best of 3)",
+                model.display(),
+                args.shards
+            );
+            println!(
+                "{:>7}  {:>10} {:>10} {:>6}  {:>10} {:>10} {:>6}",
+                "threads", "pp512", "llama.cpp", "ratio", "tg128", "llama.cpp", "ratio"
+            );
+            for (k, g) in guest.iter().enumerate() {
+                let r = reference.as_ref().map(|r| r[k]);
+                let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+                let ratio = |a: f64, b: Option<f64>| {
+                    b.map_or("-".to_string(), |b| format!("{:.0}%", 100.0 * a / b))
+                };
+                println!(
+                    "{:>7}  {:>10.1} {:>10} {:>6}  {:>10.1} {:>10} {:>6}",
+                    g.threads,
+                    g.prompt,
+                    cell(r.map(|r| r.prompt)),
+                    ratio(g.prompt, r.map(|r| r.prompt)),
+                    g.generate,
+                    cell(r.map(|r| r.generate)),
+                    ratio(g.generate, r.map(|r| r.generate)),
+                );
+            }
+        }
+        let speeds = |v: &[Speed]| {
+            v.iter()
+                .map(|s| json!({"threads": s.threads, "prompt_tok_per_s": s.prompt, "generate_tok_per_s": s.generate}))
+                .collect::<Vec<_>>()
+        };
+        out.push(json!({
+            "model": model.display().to_string(),
+            "shardload": speeds(&guest),
+            "llama_cpp": reference.as_deref().map(speeds),
+        }));
+    }
+    if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(ExitCode::SUCCESS)

@@ -318,6 +318,21 @@ struct BenchArgs {
     /// Also write and measure a random-data model of the first K Llama-3-70B blocks (4 blocks: 3.6 GB) in a temp dir.
     #[arg(long, value_name = "K", default_value_t = 0)]
     synthetic_blocks: u64,
+    /// Measure the forward pass instead: prompt processing (512 tokens) and generation (128 tokens)
+    /// tok/s, next to llama.cpp's llama-bench on the same model and thread counts, in one run.
+    #[arg(long)]
+    generate: bool,
+    /// Thread counts for --generate.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "1,2"
+    )]
+    threads: Vec<usize>,
+    /// llama.cpp's llama-bench for --generate. Default: the one scripts/build-llama-cpp builds, if present.
+    #[arg(long, value_name = "PATH")]
+    llama_bench: Option<PathBuf>,
     /// The guest's matvec dot product. Default: relaxed SIMD where wasmtime compiles it, else plain.
     #[arg(long, value_enum, value_name = "DOT")]
     dot: Option<DotArg>,
