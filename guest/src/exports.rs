@@ -119,4 +119,8 @@ exports! {
     SILU_MUL = "silu_mul"(i32, i32, i32, i32) -> ();
     /// `(a, b, n, out)`: `a + b` (residual connections).
     ADD = "add"(i32, i32, i32, i32) -> ();
+    /// `(x, n, s)`: `x *= s` (Gemma's embedding scale).
+    SCALE = "scale"(i32, i32, f32) -> ();
+    /// `(gate, up, n, out)`: GEGLU, `gelu(gate) * up` as ggml computes it.
+    GELU_MUL = "gelu_mul"(i32, i32, i32, i32) -> ();
 }

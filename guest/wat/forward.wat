@@ -264,3 +264,44 @@
           (f32x4.add (v128.load $m0 (i32.add (local.get $a) (local.get $at))) (v128.load $m0 (i32.add (local.get $b) (local.get $at)))))
         (local.set $i (i32.add (local.get $i) (i32.const 4)))
         (br $each))))
+
+  ;; x *= s over $n f32 ($n a multiple of 4): Gemma's embedding scale.
+  (func (export "scale") (param $x i32) (param $n i32) (param $s f32)
+    (local $i i32) (local $at i32)
+    (if (i32.and (local.get $n) (i32.const 3)) (then unreachable))
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $at (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 2))))
+        (v128.store $m0 (local.get $at) (f32x4.mul (v128.load $m0 (local.get $at)) (f32x4.splat (local.get $s))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $each))))
+
+  ;; GEGLU: out = gelu(gate) * up, $n f32, as ggml's CPU backend computes it:
+  ;; gelu through its f16 table (the input rounded to f16, the tanh
+  ;; approximation 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))) in f32,
+  ;; the result rounded to f16), 0 below -10 and x above 10.
+  (func (export "gelu_mul") (param $gate i32) (param $up i32) (param $n i32) (param $out i32)
+    (local $i i32) (local $x f32) (local $g f32) (local $z f64) (local $t f64) (local $at i32)
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $at (i32.shl (local.get $i) (i32.const 2)))
+        (local.set $x (f32.load $m0 (i32.add (local.get $gate) (local.get $at))))
+        (if (f32.le (local.get $x) (f32.const -10))
+          (then (local.set $g (f32.const 0)))
+          (else (if (f32.ge (local.get $x) (f32.const 10))
+            (then (local.set $g (local.get $x)))
+            (else
+              (local.set $x (call $f16 (call $f32_to_f16 (local.get $x))))
+              (local.set $z (f64.promote_f32 (f32.mul (f32.mul (f32.const 0.7978845608) (local.get $x))
+                (f32.add (f32.const 1) (f32.mul (f32.mul (f32.const 0.044715) (local.get $x)) (local.get $x))))))
+              ;; tanh(z) = sign(z) (1 - e^(-2|z|)) / (1 + e^(-2|z|)), rounded to f32 as tanhf's result.
+              (local.set $t (call $exp (f64.mul (f64.const -2) (f64.abs (local.get $z)))))
+              (local.set $t (f64.copysign (f64.div (f64.sub (f64.const 1) (local.get $t)) (f64.add (f64.const 1) (local.get $t))) (local.get $z)))
+              (local.set $g (call $f16 (call $f32_to_f16
+                (f32.mul (f32.mul (f32.const 0.5) (local.get $x)) (f32.add (f32.const 1) (f32.demote_f64 (local.get $t)))))))))))
+        (f32.store $m0 (i32.add (local.get $out) (local.get $at))
+          (f32.mul (local.get $g) (f32.load $m0 (i32.add (local.get $up) (local.get $at)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $each))))

@@ -102,7 +102,7 @@ Control tokens written in the text (<|im_start|>, <start_of_turn>) become their 
 
 Text streams to stdout as it is made; prompt and generation speed, time to first token, time to
 ready and memory go to stderr. Sampling defaults are llama.cpp's (--temp 0.8 --top-k 40 --top-p
-0.95 --min-p 0.05); --temp 0 is greedy. Supported architectures: llama.")]
+0.95 --min-p 0.05); --temp 0 is greedy. Supported architectures: llama, gemma3.")]
     Generate(generate_cmd::GenerateArgs),
     /// Chat with a model: its own chat template, the KV cache kept across turns, replies streamed.
     #[command(after_help = "Examples:

@@ -12,15 +12,19 @@ use shardload_gguf::{GgufFile, Value};
 pub enum Architecture {
     /// `llama`: Llama 2/3, SmolLM2, Mistral-style models.
     Llama,
+    /// `gemma3`: scaled embeddings, per-head Q/K norms, post-attention and
+    /// post-FFN norms, GEGLU, interleaved sliding-window and global layers.
+    Gemma3,
 }
 
 impl Architecture {
     /// Every supported name, for errors.
-    pub const SUPPORTED: &'static str = "llama";
+    pub const SUPPORTED: &'static str = "llama, gemma3";
 
     fn from_name(name: &str) -> Result<Architecture> {
         match name {
             "llama" => Ok(Architecture::Llama),
+            "gemma3" => Ok(Architecture::Gemma3),
             other => bail!(
                 "unsupported architecture {other} (supported: {})",
                 Architecture::SUPPORTED
@@ -54,6 +58,10 @@ pub struct Hyperparameters {
     pub rope_base: f32,
     /// The context the model was trained with.
     pub train_ctx: usize,
+    /// What multiplies q·k before the softmax.
+    pub attention_scale: f32,
+    /// Per layer: the sliding window (0: global attention) and the RoPE base.
+    pub layer_attention: Vec<(usize, f32)>,
 }
 
 /// The plan indices of one block's tensors.
@@ -68,6 +76,12 @@ pub(crate) struct LayerTensors {
     pub gate: i32,
     pub up: i32,
     pub down: i32,
+    /// Gemma 3's per-head query and key norms, and its norms after attention
+    /// and after the FFN (-1 for llama).
+    pub q_norm: i32,
+    pub k_norm: i32,
+    pub post_attention_norm: i32,
+    pub post_ffn_norm: i32,
 }
 
 /// The plan indices of the model's tensors.
@@ -147,6 +161,68 @@ impl Hyperparameters {
                 file.path().display()
             );
         }
+        let layers = uint("block_count")?;
+        let rope_base = float("rope.freq_base", Some(10_000.0))?;
+        if file
+            .get(&key("rope.scaling.factor"))
+            .and_then(Value::as_f64)
+            .is_some_and(|f| f != 1.0)
+        {
+            bail!(
+                "{}: RoPE scaling ({}) is not supported yet",
+                file.path().display(),
+                key("rope.scaling.factor")
+            );
+        }
+        let (attention_scale, layer_attention) = match arch {
+            Architecture::Llama => (1.0 / (head_dim as f32).sqrt(), vec![(0, rope_base); layers]),
+            Architecture::Gemma3 => {
+                if file
+                    .get(&key("final_logit_softcapping"))
+                    .and_then(Value::as_f64)
+                    .is_some_and(|c| c != 0.0)
+                {
+                    bail!(
+                        "{}: final logit soft-capping is not supported yet",
+                        file.path().display()
+                    );
+                }
+                if file
+                    .get(&key("attention.value_length"))
+                    .and_then(Value::as_u64)
+                    .is_some_and(|v| v as usize != head_dim)
+                {
+                    bail!(
+                        "{}: value length differs from key length",
+                        file.path().display()
+                    );
+                }
+                // llama.cpp's defaults for gemma3: a window on 5 layers of every
+                // 6 (key attention.sliding_window_pattern), local RoPE base 10000
+                // (key rope.freq_base_swa); the 27B (62 layers) scales by the
+                // embedding per head, the others by the key length.
+                let window = match file.get(&key("attention.sliding_window")) {
+                    Some(_) => uint("attention.sliding_window")?,
+                    None => 0,
+                };
+                let pattern = match file.get(&key("attention.sliding_window_pattern")) {
+                    Some(_) => uint("attention.sliding_window_pattern")?,
+                    None => 6,
+                };
+                let local_base = float("rope.freq_base_swa", Some(10_000.0))?;
+                let scale = if layers == 62 { embd / heads } else { head_dim };
+                let per_layer = (0..layers)
+                    .map(|l| {
+                        if window > 0 && l % pattern < pattern - 1 {
+                            (window, local_base)
+                        } else {
+                            (0, rope_base)
+                        }
+                    })
+                    .collect();
+                (1.0 / (scale as f32).sqrt(), per_layer)
+            }
+        };
         let vocab_rows = file
             .tensors()
             .iter()
@@ -160,7 +236,7 @@ impl Hyperparameters {
             })?;
         Ok(Hyperparameters {
             arch,
-            layers: uint("block_count")?,
+            layers,
             embd,
             ffn: uint("feed_forward_length")?,
             heads,
@@ -168,8 +244,10 @@ impl Hyperparameters {
             head_dim,
             vocab: usize::try_from(vocab_rows)?,
             rms_eps: float("attention.layer_norm_rms_epsilon", None)?,
-            rope_base: float("rope.freq_base", Some(10_000.0))?,
+            rope_base,
             train_ctx: uint("context_length")?,
+            attention_scale,
+            layer_attention,
         })
     }
 }
@@ -206,9 +284,12 @@ impl ModelTensors {
         } else {
             -1
         };
+        let gemma = hp.arch == Architecture::Gemma3;
         let layers = (0..hp.layers)
             .map(|l| {
                 let t = |name: &str, dims: &[usize]| get(&format!("blk.{l}.{name}.weight"), dims);
+                let gemma_only =
+                    |name: &str, dims: &[usize]| if gemma { t(name, dims) } else { Ok(-1) };
                 Ok(LayerTensors {
                     attn_norm: t("attn_norm", &[d])?,
                     q: t("attn_q", &[d, q_width])?,
@@ -219,6 +300,10 @@ impl ModelTensors {
                     gate: t("ffn_gate", &[d, hp.ffn])?,
                     up: t("ffn_up", &[d, hp.ffn])?,
                     down: t("ffn_down", &[hp.ffn, d])?,
+                    q_norm: gemma_only("attn_q_norm", &[hp.head_dim])?,
+                    k_norm: gemma_only("attn_k_norm", &[hp.head_dim])?,
+                    post_attention_norm: gemma_only("post_attention_norm", &[d])?,
+                    post_ffn_norm: gemma_only("post_ffw_norm", &[d])?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

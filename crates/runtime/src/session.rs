@@ -7,7 +7,7 @@ use shardload_gguf::GgufFile;
 use shardload_guest::exports;
 use shardload_store::{GuestInstance, WeightStore};
 
-use crate::arch::{Hyperparameters, ModelTensors};
+use crate::arch::{Architecture, Hyperparameters, ModelTensors};
 use crate::pool::{Job, Pool};
 
 /// Tokens evaluated together in one pass over the weights (prompt processing).
@@ -223,15 +223,28 @@ impl Session {
                 format!("embedding row {token}")
             })?;
         }
-        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        let gemma = hp.arch == Architecture::Gemma3;
+        if gemma {
+            // Gemma scales the embeddings by sqrt(n_embd) (f32, as ggml_scale).
+            let args = (l.x as i32, (n * hp.embd) as i32, (hp.embd as f32).sqrt());
+            self.guest
+                .call(exports::SCALE, args, || "embedding scale".into())?;
+        }
+        let scale = hp.attention_scale;
         for (layer, t) in self.tensors.layers.clone().iter().enumerate() {
             let what = || format!("layer {layer}");
+            let (window, rope_base) = hp.layer_attention[layer];
             let k_cache = (l.k_cache + layer * l.cache_layer) as i32;
             let v_cache = (l.v_cache + layer * l.cache_layer) as i32;
             self.call_norm(l.x, n, hp.embd, hp.rms_eps, t.attn_norm, l.xb)?;
             self.matmul(t.q, q_width, l.xb, n, l.q, q_width)?;
             self.matmul(t.k, kv_width, l.xb, n, l.k, kv_width)?;
             self.matmul(t.v, kv_width, l.xb, n, l.v, kv_width)?;
+            if gemma {
+                // Per-head RMSNorm of queries and keys.
+                self.call_norm(l.q, n * hp.heads, hp.head_dim, hp.rms_eps, t.q_norm, l.q)?;
+                self.call_norm(l.k, n * hp.kv_heads, hp.head_dim, hp.rms_eps, t.k_norm, l.k)?;
+            }
             for (at, heads) in [(l.q, hp.heads), (l.k, hp.kv_heads)] {
                 let args = (
                     at as i32,
@@ -239,8 +252,8 @@ impl Session {
                     heads as i32,
                     hp.head_dim as i32,
                     pos0 as i32,
-                    hp.rope_base,
-                    0,
+                    rope_base,
+                    i32::from(gemma),
                     self.tensors.rope_factors,
                 );
                 self.guest.call(exports::ROPE, args, what)?;
@@ -269,7 +282,7 @@ impl Session {
                         k_cache,
                         v_cache,
                         scale,
-                        0,
+                        window as i32,
                         (l.scores + k * self.ctx * 4) as i32,
                         l.att as i32,
                         (hp.heads * k / threads) as i32,
@@ -282,6 +295,16 @@ impl Session {
                 .collect();
             self.pool.run(&mut self.guest, jobs)?;
             self.matmul(t.o, hp.embd, l.att, n, l.proj, hp.embd)?;
+            if gemma {
+                self.call_norm(
+                    l.proj,
+                    n,
+                    hp.embd,
+                    hp.rms_eps,
+                    t.post_attention_norm,
+                    l.proj,
+                )?;
+            }
             self.add(l.x, l.proj, n * hp.embd)?;
             self.call_norm(l.x, n, hp.embd, hp.rms_eps, t.ffn_norm, l.xb)?;
             self.matmul(t.gate, hp.ffn, l.xb, n, l.gate, hp.ffn)?;
@@ -292,8 +315,16 @@ impl Session {
                 (n * hp.ffn) as i32,
                 l.gate as i32,
             );
-            self.guest.call(exports::SILU_MUL, args, what)?;
+            let activation = if gemma {
+                exports::GELU_MUL
+            } else {
+                exports::SILU_MUL
+            };
+            self.guest.call(activation, args, what)?;
             self.matmul(t.down, hp.embd, l.gate, n, l.proj, hp.embd)?;
+            if gemma {
+                self.call_norm(l.proj, n, hp.embd, hp.rms_eps, t.post_ffn_norm, l.proj)?;
+            }
             self.add(l.x, l.proj, n * hp.embd)?;
         }
         Ok(())
