@@ -115,7 +115,7 @@ One user turn per line of stdin (a `> ` prompt on stderr when stdin is a termina
 streams to stdout and ends with a newline. Each turn renders the whole conversation with the
 model's tokenizer.chat_template (Jinja, via minijinja) and evaluates only the tokens past the
 prefix already in the KV cache. End of input exits; Ctrl-C stops a reply, and at the prompt exits.
-A conversation that outgrows --ctx ends with a message. Supported architectures: llama.")]
+A conversation that outgrows --ctx ends with a message. Supported architectures: llama, gemma3 (Gemma 3 GGUFs here carry no chat template: give --chat-template).")]
     Chat(chat_cmd::ChatArgs),
 }
 
