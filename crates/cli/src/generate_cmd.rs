@@ -41,6 +41,9 @@ pub struct GenerateArgs {
     ctx: usize,
     #[command(flatten)]
     store: StoreArgs,
+    /// Print the time spent in each guest export (prompt and generation), slowest first, on stderr.
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -93,6 +96,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     let ready = started.elapsed();
 
     let mut sampler = Sampler::new(args.sampling.config());
+    session.set_profiling(args.profile);
     let clock = Instant::now();
     let mut logits = session.eval(&prompt)?;
     let prompt_time = clock.elapsed();
@@ -137,6 +141,20 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
         }
     }
     let generate_time = clock.elapsed();
+    if args.profile {
+        let total = (prompt_time + generate_time).as_secs_f64();
+        eprintln!(
+            "profile (this thread's guest calls; {:.1} ms in all):",
+            total * 1e3
+        );
+        for (export, calls, time) in session.profile() {
+            eprintln!(
+                "  {export:<12} {calls:>8} calls {:>10.1} ms {:>5.1}%",
+                time.as_secs_f64() * 1e3,
+                100.0 * time.as_secs_f64() / total
+            );
+        }
+    }
     let memory = MemoryUsage::now()?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);

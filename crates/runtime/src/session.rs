@@ -161,6 +161,17 @@ impl Session {
         self.layout.end
     }
 
+    /// Starts counting time per guest export on this thread's instance (with
+    /// one thread, that is all the model's work).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.guest.set_profiling(on);
+    }
+
+    /// Calls and time per export since profiling started, slowest first.
+    pub fn profile(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
+        self.guest.profile()
+    }
+
     /// Forgets every token from `position` on (the cache keeps the prefix).
     pub fn truncate(&mut self, position: usize) {
         self.tokens.truncate(position);
