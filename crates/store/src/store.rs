@@ -412,7 +412,7 @@ impl GuestInstance {
             .filter(|((calls, _), _)| *calls > 0)
             .map(|(&(calls, time), e)| (e.name, calls, time))
             .collect();
-        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         rows
     }
 
