@@ -38,9 +38,9 @@ const ROW_CHUNK: u32 = 16;
 const META_BYTES: u32 = 16;
 
 /// The i32x4 sum of `w · x` over 16 lanes: `w` an i8x16 expression (values in
-/// 0..=127 when `unsigned`), x the 16 quants at `$q + at`.
-fn dot16(w: &str, at: u32, unsigned: bool, dot: DotProduct) -> String {
-    let x = format!("(v128.load $m0 offset={at} (local.get $q))");
+/// 0..=127 when `unsigned`), x the 16 quants at `$q{k} + at` (input k).
+fn dot16(w: &str, at: u32, k: u32, unsigned: bool, dot: DotProduct) -> String {
+    let x = format!("(v128.load $m0 offset={at} (local.get $q{k}))");
     if unsigned && dot == DotProduct::Relaxed {
         return format!("(i32x4.relaxed_dot_i8x16_i7x16_add_s {x} {w} (v128.const i64x2 0 0))");
     }
@@ -63,113 +63,149 @@ fn lanes_sum(v: &str) -> String {
     )
 }
 
-/// Group `g`'s x quant sum over all 32 elements (`half` None) or one half.
-fn x_sum(g: u32, half: Option<u32>) -> String {
+/// Group `g`'s x quant sum of input k over all 32 elements (`half` None) or one half.
+fn x_sum(g: u32, k: u32, half: Option<u32>) -> String {
     let field = half.map_or(12, |h| 4 + 4 * h);
     format!(
-        "(i32.load $m0 offset={} (local.get $g))",
+        "(i32.load $m0 offset={} (local.get $g{k}))",
         META_BYTES * g + field
     )
 }
 
-/// The statements for group `g`: x quants at `$q + 32 g`, meta at `$g + 16 g`.
-fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
+/// The statements for group `g` against `inputs` inputs: the weights are
+/// unpacked once (into `$wl`, `$wh`, and the half scales into `$sa`, `$sb`),
+/// then dotted with each input k (x quants at `$q{k} + 32 g`, meta at
+/// `$g{k} + 16 g`, sum in `$sum{k}`), in the same operations as for one input.
+fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String {
     let gr = quants::group(ty, m, g);
     let (qa, qb) = (32 * g, 32 * g + 16);
-    let dx = format!("(f32.load $m0 offset={} (local.get $g))", META_BYTES * g);
-    let dot_a = dot16(&gr.lo, qa, gr.unsigned, dot);
-    let dot_b = dot16(&gr.hi, qb, gr.unsigned, dot);
     let offset = gr.offset;
-    let (a, isum) = match &gr.scale {
-        Scale::Whole(a) => {
-            let dots = lanes_sum(&format!("(i32x4.add {dot_a} {dot_b})"));
-            let isum = if offset == 0 {
-                dots
-            } else {
-                format!(
-                    "(i32.sub {dots} (i32.mul (i32.const {offset}) {}))",
-                    x_sum(g, None)
-                )
-            };
-            (a, isum)
-        }
-        Scale::Halves { a, sa, sb } => {
-            let scaled = lanes_sum(&format!(
-                "(i32x4.add (i32x4.mul {dot_a} (i32x4.splat (local.tee $sa {sa}))) (i32x4.mul {dot_b} (i32x4.splat (local.tee $sb {sb}))))"
-            ));
-            let isum = if offset == 0 {
-                scaled
-            } else {
-                format!(
-                    "(i32.sub {scaled} (i32.mul (i32.const {offset}) (i32.add
-                       (i32.mul (local.get $sa) {}) (i32.mul (local.get $sb) {}))))",
-                    x_sum(g, Some(0)),
-                    x_sum(g, Some(1))
-                )
-            };
-            (a, isum)
-        }
-    };
     let mut code = format!(
-        "\n        {setup}
-        (local.set $sum (f32.add (local.get $sum) (f32.mul (f32.mul {a} {dx}) (f32.convert_i32_s {isum}))))",
+        "\n        {setup}\n        (local.set $wl {lo}) (local.set $wh {hi})",
         setup = gr.setup,
+        lo = gr.lo,
+        hi = gr.hi
     );
-    let min = gr.min.map(|min| match min {
-        Min::Whole(b) => (b, x_sum(g, None)),
-        Min::Halves { b, ma, mb } => (
-            b,
-            format!(
-                "(i32.add (i32.mul {ma} {}) (i32.mul {mb} {}))",
-                x_sum(g, Some(0)),
-                x_sum(g, Some(1))
-            ),
-        ),
-    });
-    if let Some((b, jsum)) = min {
+    if let Scale::Halves { sa, sb, .. } = &gr.scale {
+        let _ = write!(code, " (local.set $sa {sa}) (local.set $sb {sb})");
+    }
+    for k in 0..inputs {
+        let dx = format!("(f32.load $m0 offset={} (local.get $g{k}))", META_BYTES * g);
+        let dot_a = dot16("(local.get $wl)", qa, k, gr.unsigned, dot);
+        let dot_b = dot16("(local.get $wh)", qb, k, gr.unsigned, dot);
+        let (a, isum) = match &gr.scale {
+            Scale::Whole(a) => {
+                let dots = lanes_sum(&format!("(i32x4.add {dot_a} {dot_b})"));
+                let isum = if offset == 0 {
+                    dots
+                } else {
+                    format!(
+                        "(i32.sub {dots} (i32.mul (i32.const {offset}) {}))",
+                        x_sum(g, k, None)
+                    )
+                };
+                (a, isum)
+            }
+            Scale::Halves { a, .. } => {
+                let scaled = lanes_sum(&format!(
+                    "(i32x4.add (i32x4.mul {dot_a} (i32x4.splat (local.get $sa))) (i32x4.mul {dot_b} (i32x4.splat (local.get $sb))))"
+                ));
+                let isum = if offset == 0 {
+                    scaled
+                } else {
+                    format!(
+                        "(i32.sub {scaled} (i32.mul (i32.const {offset}) (i32.add
+                       (i32.mul (local.get $sa) {}) (i32.mul (local.get $sb) {}))))",
+                        x_sum(g, k, Some(0)),
+                        x_sum(g, k, Some(1))
+                    )
+                };
+                (a, isum)
+            }
+        };
         let _ = write!(
             code,
-            "\n        (local.set $sum (f32.add (local.get $sum) (f32.mul (f32.mul {b} {dx}) (f32.convert_i32_s {jsum}))))"
+            "\n        (local.set $sum{k} (f32.add (local.get $sum{k}) (f32.mul (f32.mul {a} {dx}) (f32.convert_i32_s {isum}))))"
         );
+        let min = gr.min.as_ref().map(|min| match min {
+            Min::Whole(b) => (b.clone(), x_sum(g, k, None)),
+            Min::Halves { b, ma, mb } => (
+                b.clone(),
+                format!(
+                    "(i32.add (i32.mul {ma} {}) (i32.mul {mb} {}))",
+                    x_sum(g, k, Some(0)),
+                    x_sum(g, k, Some(1))
+                ),
+            ),
+        });
+        if let Some((b, jsum)) = min {
+            let _ = write!(
+                code,
+                "\n        (local.set $sum{k} (f32.add (local.get $sum{k}) (f32.mul (f32.mul {b} {dx}) (f32.convert_i32_s {jsum}))))"
+            );
+        }
     }
     code
 }
 
-/// `$mv_{ty}_{shard}`: `rows` rows of `ty` from `$p` (each `row_bytes`,
-/// `blocks` blocks) dotted with the quantized x at `$q0` / `$g0`, f32 results at `$y`.
-fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) -> String {
+/// How many inputs a batched `matmul` dots with each unpacked block at once
+/// (`$mvN_...`); single inputs and the rest of a batch use `$mv_...`.
+const INPUTS_AT_ONCE: u32 = 4;
+
+/// `$mv{N}_{ty}_{shard}` (N = `inputs`, empty for 1): `rows` rows of `ty`
+/// from `$p` (each `row_bytes`, `blocks` blocks) dotted with `inputs`
+/// quantized inputs, input k's quants at `$q0 + k q_stride` and metadata at
+/// `$g0 + k g_stride`, its f32 results at `$y + k y_stride` (bytes).
+fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct, inputs: u32) -> String {
     let m = shard + 1;
     let groups = (block / 32) as u32;
     let body: String = quants::block_scales(ty, m)
         + &(0..groups)
-            .map(|g| group_code(ty, m, g, dot))
+            .map(|g| group_code(ty, m, g, dot, inputs))
             .collect::<String>();
+    let each = |f: &dyn Fn(u32) -> String| (0..inputs).map(f).collect::<Vec<_>>().join(" ");
+    let name = if inputs == 1 {
+        format!("mv_{ty}_{shard}")
+    } else {
+        format!("mv{inputs}_{ty}_{shard}")
+    };
     format!(
         r#"
-  (func $mv_{ty}_{shard} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q0 i32) (param $g0 i32) (param $y i32)
-    (local $row i64) (local $b i32) (local $q i32) (local $g i32) (local $sum f32) (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32)
+  (func ${name} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q_start i32) (param $g_start i32) (param $y i32) (param $q_stride i32) (param $g_stride i32) (param $y_stride i32)
+    (local $row i64) (local $b i32) {locals} (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32)
     (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128)
-    (local $t v128) (local $u v128) (local $s v128)
+    (local $t v128) (local $u v128) (local $s v128) (local $wl v128) (local $wh v128)
     (block $done
       (loop $each_row
         (br_if $done (i64.eqz (local.get $rows)))
         (local.set $row (local.get $p))
-        (local.set $sum (f32.const 0))
-        (local.set $b (local.get $blocks)) (local.set $q (local.get $q0)) (local.set $g (local.get $g0))
+        {zero}
+        (local.set $b (local.get $blocks)) {start}
         (block $no_blocks
           (br_if $no_blocks (i32.eqz (local.get $b)))
           (loop $each_block{body}
             (local.set $p (i64.add (local.get $p) (i64.const {size})))
-            (local.set $q (i32.add (local.get $q) (i32.const {q_step})))
-            (local.set $g (i32.add (local.get $g) (i32.const {g_step})))
+            {advance}
             (br_if $each_block (local.tee $b (i32.sub (local.get $b) (i32.const 1))))))
-        (f32.store $m0 (local.get $y) (local.get $sum))
+        {store}
         (local.set $y (i32.add (local.get $y) (i32.const 4)))
         (local.set $p (i64.add (local.get $row) (local.get $row_bytes)))
         (local.set $rows (i64.sub (local.get $rows) (i64.const 1)))
         (br $each_row))))"#,
-        q_step = 32 * groups,
-        g_step = META_BYTES * groups,
+        locals = each(&|k| format!("(local $q{k} i32) (local $g{k} i32) (local $sum{k} f32)")),
+        zero = each(&|k| format!("(local.set $sum{k} (f32.const 0))")),
+        start = each(&|k| format!(
+            "(local.set $q{k} (i32.add (local.get $q_start) (i32.mul (local.get $q_stride) (i32.const {k})))) \
+             (local.set $g{k} (i32.add (local.get $g_start) (i32.mul (local.get $g_stride) (i32.const {k}))))"
+        )),
+        advance = each(&|k| format!(
+            "(local.set $q{k} (i32.add (local.get $q{k}) (i32.const {q_step}))) (local.set $g{k} (i32.add (local.get $g{k}) (i32.const {g_step})))",
+            q_step = 32 * groups,
+            g_step = META_BYTES * groups,
+        )),
+        store = each(&|k| format!(
+            "(f32.store $m0 (i32.add (local.get $y) (i32.mul (local.get $y_stride) (i32.const {k}))) (local.get $sum{k}))"
+        )),
     )
 }
 
@@ -191,7 +227,7 @@ pub fn matvec_functions(shards: u32, types: &[GgmlType], dot: DotProduct) -> Str
                 "(call $quantize_x (local.get $x) (i32.wrap_i64 (local.get $row_len)) (local.get $tmp) (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))))
       (return (call $mv_{name} (local.get $shard) (local.get $src) (local.get $rows) (local.get $row_bytes)
         (i32.wrap_i64 (i64.div_u (local.get $row_len) (i64.const {block}))) (local.get $tmp)
-        (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))) (local.get $y)))"
+        (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))) (local.get $y) (i32.const 0) (i32.const 0) (i32.const 0)))"
             )
         }
     });
@@ -229,38 +265,59 @@ pub fn matvec_functions(shards: u32, types: &[GgmlType], dot: DotProduct) -> Str
           (br_if $rows_done (i64.ge_u (local.get $r0) (local.get $rows)))
           (local.set $count (select (i64.const {ROW_CHUNK}) (i64.sub (local.get $rows) (local.get $r0))
             (i64.lt_u (i64.const {ROW_CHUNK}) (i64.sub (local.get $rows) (local.get $r0)))))
+          ;; {INPUTS} inputs at a time while they last, then one at a time.
           (local.set $b (i32.const 0))
-          (loop $each_input
-            (call $mv_{name} (local.get $shard) (i64.add (local.get $src) (i64.mul (local.get $r0) (local.get $row_bytes)))
-              (local.get $count) (local.get $row_bytes) (i32.wrap_i64 (i64.div_u (local.get $row_len) (i64.const {block})))
-              (i32.add (local.get $tmp) (i32.mul (local.get $b) (local.get $n)))
-              (i32.add (local.get $metas) (i32.mul (local.get $b) (i32.shr_u (local.get $n) (i32.const 1))))
-              (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $b) (local.get $y_stride)) (i32.wrap_i64 (local.get $r0))) (i32.const 2))))
-            (br_if $each_input (i32.lt_u (local.tee $b (i32.add (local.get $b) (i32.const 1))) (local.get $batch))))
+          (block $groups_done
+            (loop $each_group
+              (br_if $groups_done (i32.gt_u (i32.add (local.get $b) (i32.const {INPUTS})) (local.get $batch)))
+              (call $mv{INPUTS}_{name} (local.get $shard) (i64.add (local.get $src) (i64.mul (local.get $r0) (local.get $row_bytes)))
+                (local.get $count) (local.get $row_bytes) (i32.wrap_i64 (i64.div_u (local.get $row_len) (i64.const {block})))
+                (i32.add (local.get $tmp) (i32.mul (local.get $b) (local.get $n)))
+                (i32.add (local.get $metas) (i32.mul (local.get $b) (i32.shr_u (local.get $n) (i32.const 1))))
+                (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $b) (local.get $y_stride)) (i32.wrap_i64 (local.get $r0))) (i32.const 2)))
+                (local.get $n) (i32.shr_u (local.get $n) (i32.const 1)) (i32.shl (local.get $y_stride) (i32.const 2)))
+              (local.set $b (i32.add (local.get $b) (i32.const {INPUTS})))
+              (br $each_group)))
+          (block $inputs_done
+            (loop $each_input
+              (br_if $inputs_done (i32.ge_u (local.get $b) (local.get $batch)))
+              (call $mv_{name} (local.get $shard) (i64.add (local.get $src) (i64.mul (local.get $r0) (local.get $row_bytes)))
+                (local.get $count) (local.get $row_bytes) (i32.wrap_i64 (i64.div_u (local.get $row_len) (i64.const {block})))
+                (i32.add (local.get $tmp) (i32.mul (local.get $b) (local.get $n)))
+                (i32.add (local.get $metas) (i32.mul (local.get $b) (i32.shr_u (local.get $n) (i32.const 1))))
+                (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $b) (local.get $y_stride)) (i32.wrap_i64 (local.get $r0))) (i32.const 2)))
+                (i32.const 0) (i32.const 0) (i32.const 0))
+              (local.set $b (i32.add (local.get $b) (i32.const 1)))
+              (br $each_input)))
           (local.set $r0 (i64.add (local.get $r0) (i64.const {ROW_CHUNK})))
           (br $each_chunk)))
-      (return)"#
+      (return)"#,
+            INPUTS = INPUTS_AT_ONCE,
         )
     });
     for &ty in types.iter().filter(|t| !t.is_float()) {
         let (name, block, size) = (ty.name(), ty.block_size(), ty.type_size());
-        wat += &crate::shard_dispatch(
-            &format!("$mv_{name}"),
-            &format!("mv_{name}"),
-            &[
-                "p i64",
-                "rows i64",
-                "row_bytes i64",
-                "blocks i32",
-                "q i32",
-                "g i32",
-                "y i32",
-            ],
-            None,
-            shards,
-        );
-        for k in 0..shards {
-            wat += &row_loop(name, block, size, k, dot);
+        let params = [
+            "p i64",
+            "rows i64",
+            "row_bytes i64",
+            "blocks i32",
+            "q i32",
+            "g i32",
+            "y i32",
+            "q_stride i32",
+            "g_stride i32",
+            "y_stride i32",
+        ];
+        for (label, inputs) in [
+            (String::new(), 1),
+            (INPUTS_AT_ONCE.to_string(), INPUTS_AT_ONCE),
+        ] {
+            let target = format!("mv{label}_{name}");
+            wat += &crate::shard_dispatch(&format!("${target}"), &target, &params, None, shards);
+            for k in 0..shards {
+                wat += &row_loop(name, block, size, k, dot, inputs);
+            }
         }
     }
     wat

@@ -70,8 +70,9 @@ impl Pool {
         let mut first_error = mine.err();
         for (slot, _) in &self.workers {
             let posted = slot.posted.load(Ordering::Relaxed);
+            let mut spins = 0u32;
             while slot.done.load(Ordering::Acquire) != posted {
-                std::hint::spin_loop();
+                spin_or_yield(&mut spins);
             }
             if let Some(error) = slot.error.lock().ok().and_then(|mut e| e.take()) {
                 first_error.get_or_insert(error);
@@ -103,12 +104,10 @@ fn work(mut guest: GuestInstance, slot: &Slot) {
             if slot.quit.load(Ordering::Acquire) {
                 return;
             }
-            spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1024) && idle.elapsed() > Duration::from_millis(50) {
                 std::thread::sleep(Duration::from_micros(200));
-            } else {
-                std::hint::spin_loop();
             }
+            spin_or_yield(&mut spins);
         }
         seen = slot.posted.load(Ordering::Acquire);
         let job = slot.job.lock().ok().and_then(|mut j| j.take());
@@ -118,5 +117,19 @@ fn work(mut guest: GuestInstance, slot: &Slot) {
             *e = Some(error);
         }
         slot.done.store(seen, Ordering::Release);
+    }
+}
+
+/// One step of a wait: spin first (a hand-off takes well under a
+/// microsecond when every thread has a core), then yield the core on each
+/// step, so that more threads than cores (another busy process, or
+/// `--threads` above the core count) slow down instead of starving the very
+/// thread being waited for.
+fn spin_or_yield(spins: &mut u32) {
+    *spins = spins.wrapping_add(1);
+    if *spins < 4096 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
