@@ -249,49 +249,55 @@ const TOKENS: [u32; 40] = [
 
 #[test]
 fn batched_prompt_and_token_by_token_and_a_cached_prefix_give_bit_identical_logits() {
-    let (_store, mut session) = session(SMOLLM2, 2, 128);
-    // 40 tokens: more than one batch of 32.
-    let batched = session.eval(&TOKENS).unwrap();
-    session.truncate(0);
-    let mut one_by_one = Vec::new();
-    for &t in &TOKENS {
-        one_by_one = session.eval(&[t]).unwrap();
+    for name in [SMOLLM2, GEMMA] {
+        let (_store, mut session) = session(name, 2, 128);
+        // 40 tokens: more than one batch of 32, and groups of 4 and single tokens within.
+        let batched = session.eval(&TOKENS).unwrap();
+        session.truncate(0);
+        let mut one_by_one = Vec::new();
+        for &t in &TOKENS {
+            one_by_one = session.eval(&[t]).unwrap();
+        }
+        assert_eq!(bits(&batched), bits(&one_by_one), "{name}");
+        // The cache keeps a prefix; evaluating the rest equals recomputing it all.
+        session.truncate(17);
+        let cached = session.eval(&TOKENS[17..]).unwrap();
+        assert_eq!(bits(&batched), bits(&cached), "{name}");
     }
-    assert_eq!(bits(&batched), bits(&one_by_one));
-    // The cache keeps a prefix; evaluating the rest equals recomputing it all.
-    session.truncate(17);
-    let cached = session.eval(&TOKENS[17..]).unwrap();
-    assert_eq!(bits(&batched), bits(&cached));
 }
 
 #[test]
 fn any_shard_count_gives_bit_identical_logits() {
-    let logits: Vec<Vec<u32>> = [1, 3, 5]
-        .iter()
-        .map(|&shards| {
-            let (_store, mut session) = session(SMOLLM2, shards, 64);
-            bits(&session.eval(&TOKENS[..12]).unwrap())
-        })
-        .collect();
-    assert_eq!(logits[0], logits[1]);
-    assert_eq!(logits[0], logits[2]);
+    for name in [SMOLLM2, GEMMA] {
+        let logits: Vec<Vec<u32>> = [1, 3, 5]
+            .iter()
+            .map(|&shards| {
+                let (_store, mut session) = session(name, shards, 64);
+                bits(&session.eval(&TOKENS[..12]).unwrap())
+            })
+            .collect();
+        assert_eq!(logits[0], logits[1], "{name}");
+        assert_eq!(logits[0], logits[2], "{name}");
+    }
 }
 
 #[test]
 fn one_two_and_three_threads_give_bit_identical_logits() {
-    let logits: Vec<Vec<u32>> = [1, 2, 3]
-        .iter()
-        .map(|&threads| {
-            let (_store, mut session) = session_with_threads(SMOLLM2, 2, 64, threads);
-            let mut last = session.eval(&TOKENS[..12]).unwrap();
-            for &t in &TOKENS[12..16] {
-                last = session.eval(&[t]).unwrap();
-            }
-            bits(&last)
-        })
-        .collect();
-    assert_eq!(logits[0], logits[1]);
-    assert_eq!(logits[0], logits[2]);
+    for name in [SMOLLM2, GEMMA] {
+        let logits: Vec<Vec<u32>> = [1, 2, 3]
+            .iter()
+            .map(|&threads| {
+                let (_store, mut session) = session_with_threads(name, 2, 64, threads);
+                let mut last = session.eval(&TOKENS[..12]).unwrap();
+                for &t in &TOKENS[12..16] {
+                    last = session.eval(&[t]).unwrap();
+                }
+                bits(&last)
+            })
+            .collect();
+        assert_eq!(logits[0], logits[1], "{name}");
+        assert_eq!(logits[0], logits[2], "{name}");
+    }
 }
 
 #[test]
