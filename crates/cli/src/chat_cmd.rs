@@ -14,7 +14,7 @@ use shardload_runtime::{ChatTemplate, Message, Sampler, Session};
 use shardload_store::OpenModel;
 use shardload_tokenizer::Tokenizer;
 
-use crate::{DEFAULT_MODEL, SamplingArgs, StoreArgs, check_model_exists};
+use crate::{DEFAULT_MODEL, SamplingArgs, SessionArgs, StoreArgs, check_model_exists};
 
 /// Which model to talk to, and how to sample its replies.
 #[derive(Args)]
@@ -33,9 +33,8 @@ pub struct ChatArgs {
     n_predict: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Context size in tokens: the whole conversation must fit; sizes the KV cache.
-    #[arg(long, default_value_t = 4096)]
-    ctx: usize,
+    #[command(flatten)]
+    session: SessionArgs,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -96,7 +95,7 @@ pub fn run(args: &ChatArgs) -> Result<ExitCode> {
         }
     };
     let store = args.store.build(&model)?;
-    let mut session = Session::new(&store, file, args.ctx, args.store.threads)?;
+    let mut session = Session::new(&store, file, args.session.ctx, args.session.threads)?;
     let mut sampler = Sampler::new(args.sampling.config());
 
     let mut messages = Vec::new();
@@ -134,11 +133,11 @@ pub fn run(args: &ChatArgs) -> Result<ExitCode> {
         {
             tokens.insert(0, bos);
         }
-        if tokens.len() > args.ctx {
+        if tokens.len() > args.session.ctx {
             eprintln!(
                 "shardload: the context is full: the conversation is {} tokens, more than --ctx {}; it ends here (raise --ctx for longer ones)",
                 tokens.len(),
-                args.ctx
+                args.session.ctx
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -172,7 +171,7 @@ pub fn run(args: &ChatArgs) -> Result<ExitCode> {
             eprintln!(
                 "shardload: the context is full ({} tokens, --ctx {}): the conversation ends here (raise --ctx for longer ones)",
                 session.position(),
-                args.ctx
+                args.session.ctx
             );
             return Ok(ExitCode::SUCCESS);
         }

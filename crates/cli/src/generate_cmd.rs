@@ -14,7 +14,7 @@ use shardload_store::{MemoryUsage, OpenModel};
 use shardload_tokenizer::Tokenizer;
 
 use crate::units::human;
-use crate::{DEFAULT_MODEL, SamplingArgs, StoreArgs, check_model_exists};
+use crate::{DEFAULT_MODEL, SamplingArgs, SessionArgs, StoreArgs, check_model_exists};
 
 /// What to generate from, with which model, and how to sample.
 #[derive(Args)]
@@ -36,9 +36,8 @@ pub struct GenerateArgs {
     n_predict: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Context size in tokens (prompt + generated); sizes the KV cache.
-    #[arg(long, default_value_t = 4096)]
-    ctx: usize,
+    #[command(flatten)]
+    session: SessionArgs,
     #[command(flatten)]
     store: StoreArgs,
     /// Print the time spent in each guest export (prompt and generation), slowest first, on stderr.
@@ -84,15 +83,15 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     if prompt.is_empty() {
         bail!("the prompt is empty (no tokens); give some text or --prompt-tokens");
     }
-    if prompt.len() > args.ctx {
+    if prompt.len() > args.session.ctx {
         bail!(
             "the prompt has {} tokens, more than --ctx {}",
             prompt.len(),
-            args.ctx
+            args.session.ctx
         );
     }
     let store = args.store.build(&model)?;
-    let mut session = Session::new(&store, file, args.ctx, args.store.threads)?;
+    let mut session = Session::new(&store, file, args.session.ctx, args.session.threads)?;
     let ready = started.elapsed();
 
     let mut sampler = Sampler::new(args.sampling.config());

@@ -201,45 +201,10 @@ impl SamplingArgs {
     }
 }
 
-/// How `generate` and `chat` build the weight store: a plan (or planning
-/// options) and a load mode.
+/// How `run`, `generate` and `chat` build the weight store: a plan (or
+/// planning options) and a load mode.
 #[derive(Args)]
 struct StoreArgs {
-    /// Use this plan file instead of planning.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
-    plan: Option<PathBuf>,
-    #[command(flatten)]
-    split: SplitArgs,
-    /// How shard memories get their bytes.
-    #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
-    load: LoadArg,
-    /// Threads: one guest instance each, sharing activations; matmul rows are split among them.
-    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
-    threads: usize,
-}
-
-impl StoreArgs {
-    fn build(
-        &self,
-        model: &shardload_store::OpenModel,
-    ) -> anyhow::Result<shardload_store::WeightStore> {
-        let plan = match &self.plan {
-            Some(path) => model.load_plan(path)?,
-            None => model.plan(&self.split.options())?,
-        };
-        let mode = match self.load {
-            LoadArg::Mmap => shardload_store::LoadMode::Mmap,
-            LoadArg::Copy => shardload_store::LoadMode::Copy,
-        };
-        shardload_store::WeightStore::new(plan, mode)
-    }
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// The GGUF model (for a split set, its first file). Default: the model scripts/fetch-models fetches.
-    #[arg(value_name = "MODEL.gguf", default_value = DEFAULT_MODEL)]
-    model: PathBuf,
     /// Use this plan file (from `shardload plan -o`) instead of planning; refused if made from another model.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
     plan: Option<PathBuf>,
@@ -248,6 +213,50 @@ struct RunArgs {
     /// How shard memories get their bytes: mapped from the file (zero copy) or copied into host memories.
     #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
     load: LoadArg,
+}
+
+impl StoreArgs {
+    /// The plan file's plan (checked against the model), or a new one.
+    fn plan(&self, model: &shardload_store::OpenModel) -> anyhow::Result<shard_planner::Plan> {
+        match &self.plan {
+            Some(path) => model.load_plan(path),
+            None => model.plan(&self.split.options()),
+        }
+    }
+
+    fn mode(&self) -> shardload_store::LoadMode {
+        match self.load {
+            LoadArg::Mmap => shardload_store::LoadMode::Mmap,
+            LoadArg::Copy => shardload_store::LoadMode::Copy,
+        }
+    }
+
+    fn build(
+        &self,
+        model: &shardload_store::OpenModel,
+    ) -> anyhow::Result<shardload_store::WeightStore> {
+        shardload_store::WeightStore::new(self.plan(model)?, self.mode())
+    }
+}
+
+/// A session's size and threads, shared by `generate` and `chat`.
+#[derive(Args)]
+struct SessionArgs {
+    /// Context size in tokens (everything evaluated must fit); sizes the KV cache.
+    #[arg(long, default_value_t = 4096)]
+    ctx: usize,
+    /// Threads: one guest instance each, sharing activations; matmul rows and attention heads are split among them.
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The GGUF model (for a split set, its first file). Default: the model scripts/fetch-models fetches.
+    #[arg(value_name = "MODEL.gguf", default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Run K guest instances (separate stores, each with its own shard memories) over the same model.
     #[arg(long, value_name = "K", default_value_t = 1)]
     instances: usize,

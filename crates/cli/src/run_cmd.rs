@@ -12,7 +12,7 @@ use shard_planner::Plan;
 use shardload_store::{LoadMode, MemoryUsage, OpenModel, WeightStore};
 
 use crate::units::human;
-use crate::{LoadArg, RunArgs, check_model_exists};
+use crate::{RunArgs, check_model_exists};
 
 /// What one instance's verification found.
 struct Verified {
@@ -27,16 +27,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     check_model_exists(&args.model)?;
     let started = Instant::now();
     let model = OpenModel::open(&args.model)?;
-    let plan = match &args.plan {
-        Some(path) => model.load_plan(path)?,
-        None => model.plan(&args.split.options())?,
-    };
+    let plan = args.store.plan(&model)?;
     let plan_time = started.elapsed();
 
-    let mode = match args.load {
-        LoadArg::Mmap => LoadMode::Mmap,
-        LoadArg::Copy => LoadMode::Copy,
-    };
+    let mode = args.store.mode();
     let started = Instant::now();
     let mut store = WeightStore::new(plan, mode)?;
     let compile_time = started.elapsed();

@@ -54,10 +54,6 @@ pub struct Hyperparameters {
     pub vocab: usize,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
-    /// RoPE frequency base.
-    pub rope_base: f32,
-    /// The context the model was trained with.
-    pub train_ctx: usize,
     /// What multiplies q·k before the softmax.
     pub attention_scale: f32,
     /// Per layer: the sliding window (0: global attention) and the RoPE base.
@@ -65,7 +61,7 @@ pub struct Hyperparameters {
 }
 
 /// The plan indices of one block's tensors.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct LayerTensors {
     pub attn_norm: i32,
     pub q: i32,
@@ -244,8 +240,6 @@ impl Hyperparameters {
             head_dim,
             vocab: usize::try_from(vocab_rows)?,
             rms_eps: float("attention.layer_norm_rms_epsilon", None)?,
-            rope_base,
-            train_ctx: uint("context_length")?,
             attention_scale,
             layer_attention,
         })

@@ -242,7 +242,8 @@ impl Session {
                 .call(exports::SCALE, args, || "embedding scale".into())?;
         }
         let scale = hp.attention_scale;
-        for (layer, t) in self.tensors.layers.clone().iter().enumerate() {
+        for layer in 0..self.tensors.layers.len() {
+            let t = self.tensors.layers[layer];
             let what = || format!("layer {layer}");
             let (window, rope_base) = hp.layer_attention[layer];
             let k_cache = (l.k_cache + layer * l.cache_layer) as i32;

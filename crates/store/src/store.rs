@@ -199,15 +199,17 @@ impl WeightStore {
         let pages = (self.tables.len() as u64)
             .div_ceil(WASM_PAGE)
             .max(abi::SCRATCH_MIN_PAGES);
+        // A new scratch gets the routing tables; a shared one has them already.
         let scratch = match shared {
             Some(scratch) => scratch,
             None => {
                 let ty = MemoryType::shared(pages as u32, abi::SCRATCH_MAX_PAGES as u32);
-                wasm(SharedMemory::new(&self.engine, ty))
-                    .context("cannot allocate guest scratch memory")?
+                let scratch = wasm(SharedMemory::new(&self.engine, ty))
+                    .context("cannot allocate guest scratch memory")?;
+                write_shared(&scratch, 0, &self.tables);
+                scratch
             }
         };
-        write_shared(&scratch, 0, &self.tables);
         let mut linker = Linker::new(&self.engine);
         linker.define(
             &mut store,
