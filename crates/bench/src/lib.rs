@@ -4,6 +4,7 @@
 //! of the store's public API, like any embedder.
 
 pub mod generation;
+pub mod sweep;
 
 use std::time::{Duration, Instant};
 
@@ -277,13 +278,7 @@ pub struct MatvecRate {
 /// same bytes of the model file's mapping (the same page-cache pages).
 pub fn decode_step(model: &OpenModel, store: &WeightStore) -> Result<Vec<MatvecRate>> {
     let plan = store.plan();
-    let weights: Vec<usize> = (0..plan.tensors.len())
-        .filter(|&t| plan.tensors[t].span.dims.len() == 2)
-        .filter(|&t| {
-            shardload_gguf::GgmlType::from_name(&plan.tensors[t].span.ty)
-                .is_some_and(|ty| shardload_guest::KERNEL_TYPES.contains(&ty))
-        })
-        .collect();
+    let weights = sweep::weights(plan);
     let mut types: Vec<String> = weights
         .iter()
         .map(|&t| plan.tensors[t].span.ty.clone())
@@ -330,13 +325,6 @@ pub fn decode_step(model: &OpenModel, store: &WeightStore) -> Result<Vec<MatvecR
     Ok(rates)
 }
 
-/// The input vector a decode step multiplies by (any values do; these are fixed).
-fn input(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect()
-}
-
 /// Rows `[lo, hi)` of thread `k` of `threads` over `rows` rows.
 fn share(rows: u64, k: usize, threads: usize) -> (u64, u64) {
     (
@@ -356,7 +344,7 @@ fn sweep_guest(guests: &mut [GuestInstance], plan: &Plan, tensors: &[usize]) -> 
                     for &t in tensors {
                         let dims = &plan.tensors[t].span.dims;
                         let (lo, hi) = share(dims[1], k, threads);
-                        guest.matvec(t, lo, hi - lo, &input(dims[0] as usize))?;
+                        guest.matvec(t, lo, hi - lo, &sweep::input(dims[0] as usize))?;
                     }
                     Ok(())
                 })
@@ -383,7 +371,12 @@ fn sweep_native(model: &OpenModel, plan: &Plan, tensors: &[usize], threads: usiz
                         let rows = &model.gguf.files[span.file].bytes()
                             [start..start + (hi - lo) as usize * row_bytes];
                         let mut y = vec![0f32; (hi - lo) as usize];
-                        shardload_quant::matvec(ty, rows, &input(span.dims[0] as usize), &mut y)?;
+                        shardload_quant::matvec(
+                            ty,
+                            rows,
+                            &sweep::input(span.dims[0] as usize),
+                            &mut y,
+                        )?;
                     }
                     Ok(())
                 })

@@ -13,6 +13,7 @@ mod run_cmd;
 mod synth_cmd;
 mod tokenize_cmd;
 mod units;
+mod web_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,6 +118,19 @@ model's tokenizer.chat_template (Jinja, via minijinja) and evaluates only the to
 prefix already in the KV cache. End of input exits; Ctrl-C stops a reply, and at the prompt exits.
 A conversation that outgrows --ctx ends with a message. Supported architectures: llama, gemma3 (Gemma 3 GGUFs here carry no chat template: give --chat-template).")]
     Chat(chat_cmd::ChatArgs),
+    /// Serve the browser host: a page that loads the model into memory64 memories in a tab and verifies it.
+    #[command(after_help = "Examples:
+  shardload web                                          # the default model, http://127.0.0.1:8080/
+  shardload web models/gemma-3-270m-q4_k_m.gguf --shards 4 --port 0   # any free port
+  shardload web big.gguf --plan plan.json
+
+Serves, from one origin: the page (web/index.html), the browser host (web/shardload.js), the plan,
+the guest module generated for it, the host's XXH64 of every tensor, and the model files with HTTP
+Range requests. The tab copies each shard's bytes into its own memory64 memory (browsers cannot
+map files), instantiates the guest, verifies every tensor's XXH64 and runs one decode-step matvec
+sweep. Open the printed URL; ?run=1 starts at once and writes a JSON report into #report.
+Needs a browser with memory64, multi-memory and SIMD (relaxed SIMD is used when present).")]
+    Web(WebArgs),
 }
 
 /// How to split a model: shared by every command that plans.
@@ -263,9 +277,34 @@ struct RunArgs {
     /// Verify only N tensors per shard (the first, the last, evenly spaced between) instead of all.
     #[arg(long, value_name = "N")]
     sample: Option<usize>,
+    /// After verifying, run one decode step's matvec sweep (every 2-D weight times a fixed vector)
+    /// and report its GB/s and output rows (--sweep-rows): what the browser page runs, to compare.
+    #[arg(long)]
+    sweep: bool,
+    /// The output rows of each swept weight to report, as FIRST:END (end exclusive, clamped).
+    #[arg(long, value_name = "FIRST:END", default_value = "0:4", value_parser = units::parse_row_range)]
+    sweep_rows: std::ops::Range<u64>,
     /// Print a machine-readable report.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct WebArgs {
+    /// The GGUF model (for a split set, its first file). Default: the model scripts/fetch-models fetches.
+    #[arg(value_name = "MODEL.gguf", default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Use this plan file (from `shardload plan -o`) instead of planning; refused if made from another model.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
+    plan: Option<PathBuf>,
+    #[command(flatten)]
+    split: SplitArgs,
+    /// The port to listen on (0: any free port, printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The address to listen on. The default is this machine only: anyone who can reach it can read the model.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -374,6 +413,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize_cmd::run(&args),
         Command::Generate(args) => generate_cmd::run(&args),
         Command::Chat(args) => chat_cmd::run(&args),
+        Command::Web(args) => web_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -60,6 +60,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let sweep = match args.sweep {
+        true => Some(shardload_bench::sweep::sweep(
+            &mut instances[0],
+            plan,
+            args.sweep_rows.clone(),
+        )?),
+        false => None,
+    };
     // Every instance's verification counts; the first's timings describe a load.
     let failures = failures(results.iter().map(|(_, v)| v));
     let (timings, verified) = &results[0];
@@ -103,6 +111,18 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 "verify": ms(verified.total),
             },
             "verify_gb_per_s": gbps(verified_bytes, verified.total),
+            "sweep": sweep.as_ref().map(|s| json!({
+                "dot": format!("{:?}", store.dot_product()).to_lowercase(),
+                "matvecs": s.samples.len(),
+                "bytes": s.bytes,
+                "ms": ms(s.elapsed),
+                "gb_per_s": s.gb_per_s(),
+                "rows": s.samples.iter().map(|r| json!({
+                    "tensor": plan.tensors[r.tensor].span.name,
+                    "first_row": r.first_row,
+                    "y": r.y,
+                })).collect::<Vec<_>>(),
+            })),
             "memory": usage.iter().map(|(k, u)| json!({
                 "instances": k, "rss": u.rss, "rss_anon": u.rss_anon, "rss_file": u.rss_file,
                 "pss": u.pss, "private_dirty": u.private_dirty, "private_clean": u.private_clean,
@@ -171,6 +191,16 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             if results.len() == 1 { "" } else { "s" },
             failures.len()
         );
+        if let Some(s) = &sweep {
+            println!(
+                "sweep     one decode step: {} matvecs over {} in {:.1} ms, {:.2} GB/s ({} dot products)",
+                s.samples.len(),
+                human(s.bytes),
+                ms(s.elapsed),
+                s.gb_per_s(),
+                format!("{:?}", store.dot_product()).to_lowercase()
+            );
+        }
         for (k, u) in &usage {
             println!(
                 "memory    {k} instance{}: RSS {} (anon {}, file {}), PSS {}, private dirty {}, private clean {}",

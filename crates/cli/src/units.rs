@@ -1,4 +1,4 @@
-//! Byte sizes as people write and read them.
+//! Byte sizes (and row ranges) as people write and read them.
 
 /// Parses `16GiB`, `512MiB`, `1.5GB`, `4096` (bytes). Binary (KiB, MiB, GiB,
 /// TiB) and decimal (KB, MB, GB, TB) units; a bare `K`/`M`/`G`/`T` is binary.
@@ -32,6 +32,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err(format!("{text:?} is not a usable size"));
     }
     Ok(bytes as u64)
+}
+
+/// Parses a row range `FIRST:END` (end exclusive), as `--sweep-rows` takes it.
+pub fn parse_row_range(text: &str) -> Result<std::ops::Range<u64>, String> {
+    let bad = || format!("{text:?} is not a row range like 0:4 (first row, end row exclusive)");
+    let (first, end) = text.split_once(':').ok_or_else(bad)?;
+    let first: u64 = first.trim().parse().map_err(|_| bad())?;
+    let end: u64 = end.trim().parse().map_err(|_| bad())?;
+    if end <= first {
+        return Err(format!("{text:?}: the end row must be past the first"));
+    }
+    Ok(first..end)
 }
 
 /// Formats a byte count with a binary unit and three significant digits.

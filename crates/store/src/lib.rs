@@ -10,5 +10,7 @@ mod usage;
 pub use memory::{LoadMode, Progress};
 pub use model::OpenModel;
 pub use shardload_guest::DotProduct;
-pub use store::{GuestInstance, InstanceTimings, WeightStore};
+pub use store::{
+    GuestInstance, InstanceTimings, WeightStore, guest_types, routing_tables, tensor_checksums,
+};
 pub use usage::MemoryUsage;

@@ -51,6 +51,37 @@ impl InstanceTimings {
     }
 }
 
+/// The ggml types a plan's guest is generated for (those of its tensors,
+/// by id): every host that generates the guest for a plan (wasmtime here,
+/// the browser through `shardload web`) asks for the same module.
+pub fn guest_types(plan: &Plan) -> Vec<GgmlType> {
+    let mut types: Vec<GgmlType> = plan
+        .tensors
+        .iter()
+        .filter_map(|t| GgmlType::from_name(&t.span.ty))
+        .collect();
+    types.sort_unstable_by_key(|t| t.id());
+    types.dedup();
+    types
+}
+
+/// The routing and tensor tables a guest for this plan reads from scratch
+/// offset 0 (guest/README.md): what every host writes before the first call.
+pub fn routing_tables(plan: &Plan) -> Vec<u8> {
+    let tensors: Vec<abi::TensorLoc> = plan
+        .tensors
+        .iter()
+        .map(|t| abi::TensorLoc {
+            shard: t.shard,
+            offset: t.offset,
+            bytes: t.span.bytes,
+            ggml_type: GgmlType::from_name(&t.span.ty).map_or(u32::MAX, GgmlType::id),
+            row_len: t.span.dims.first().copied().unwrap_or(0),
+        })
+        .collect();
+    abi::encode_tables(Router::new(plan).routes(), &tensors)
+}
+
 impl WeightStore {
     /// Compiles the guest for the plan's shard count and opens the model files.
     /// The plan must already have been checked against the model. matvec
@@ -78,13 +109,7 @@ impl WeightStore {
         config.with_host_memory(creator.clone());
         let engine = wasm(Engine::new(&config)).context("cannot configure wasmtime")?;
         let shards = u32::try_from(plan.shards.len()).context("too many shards")?;
-        let mut types: Vec<GgmlType> = plan
-            .tensors
-            .iter()
-            .filter_map(|t| GgmlType::from_name(&t.span.ty))
-            .collect();
-        types.sort_unstable_by_key(|t| t.id());
-        types.dedup();
+        let types = guest_types(&plan);
         let compile = |dot| -> Result<Module> {
             let module = shardload_guest::guest_wasm(shards, &types, dot)
                 .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
@@ -113,18 +138,7 @@ impl WeightStore {
                     .with_context(|| format!("cannot open {}", f.path))
             })
             .collect::<Result<Vec<_>>>()?;
-        let tensors: Vec<abi::TensorLoc> = plan
-            .tensors
-            .iter()
-            .map(|t| abi::TensorLoc {
-                shard: t.shard,
-                offset: t.offset,
-                bytes: t.span.bytes,
-                ggml_type: GgmlType::from_name(&t.span.ty).map_or(u32::MAX, GgmlType::id),
-                row_len: t.span.dims.first().copied().unwrap_or(0),
-            })
-            .collect();
-        let tables = abi::encode_tables(Router::new(&plan).routes(), &tensors);
+        let tables = routing_tables(&plan);
         Ok(WeightStore {
             engine,
             memories: MemoryBuilder::new(creator),
@@ -271,24 +285,57 @@ impl WeightStore {
             .get(tensor)
             .ok_or_else(|| anyhow!("no tensor {tensor}"))?
             .span;
-        let file = &self.files[span.file];
-        let mut hash = Xxh64::new(0);
-        let mut buffer = vec![0u8; (8 << 20).min(span.bytes as usize)];
-        let mut done = 0u64;
-        while done < span.bytes {
-            let n = buffer.len().min((span.bytes - done) as usize);
-            file.read_exact_at(&mut buffer[..n], span.file_offset + done)
-                .with_context(|| {
-                    format!(
-                        "cannot read tensor {} from {} (did the file change?)",
-                        span.name, self.plan.model.files[span.file].path
-                    )
-                })?;
-            hash.update(&buffer[..n]);
-            done += n as u64;
-        }
-        Ok(hash.digest())
+        let path = &self.plan.model.files[span.file].path;
+        read_xxh64(&self.files[span.file], path, span, &mut Vec::new())
     }
+}
+
+/// The host's XXH64 (seed 0) of every tensor of a plan, read from its files
+/// with `pread` (as [`WeightStore::host_xxh64`]): the checksum list a host
+/// without the files (a browser tab) verifies its guest's hashes against.
+/// `progress` gets the bytes read after each tensor.
+pub fn tensor_checksums(plan: &Plan, progress: &dyn Fn(u64)) -> Result<Vec<u64>> {
+    let files = plan
+        .model
+        .files
+        .iter()
+        .map(|f| File::open(&f.path).with_context(|| format!("cannot open {}", f.path)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut buffer = Vec::new();
+    plan.tensors
+        .iter()
+        .map(|t| {
+            let path = &plan.model.files[t.span.file].path;
+            let hash = read_xxh64(&files[t.span.file], path, &t.span, &mut buffer)?;
+            progress(t.span.bytes);
+            Ok(hash)
+        })
+        .collect()
+}
+
+/// XXH64 of a tensor's bytes, read from its file in 8 MiB pieces.
+fn read_xxh64(
+    file: &File,
+    path: &str,
+    span: &shard_planner::TensorSpan,
+    buffer: &mut Vec<u8>,
+) -> Result<u64> {
+    let mut hash = Xxh64::new(0);
+    buffer.resize((8 << 20).min(span.bytes as usize), 0);
+    let mut done = 0u64;
+    while done < span.bytes {
+        let n = buffer.len().min((span.bytes - done) as usize);
+        file.read_exact_at(&mut buffer[..n], span.file_offset + done)
+            .with_context(|| {
+                format!(
+                    "cannot read tensor {} from {path} (did the file change?)",
+                    span.name
+                )
+            })?;
+        hash.update(&buffer[..n]);
+        done += n as u64;
+    }
+    Ok(hash.digest())
 }
 
 /// One guest instance over its own shard memories.
