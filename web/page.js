@@ -75,6 +75,9 @@ async function start(source, sourceName) {
     },
   });
   const readyMs = performance.now() - started;
+  // Kept, so the memories stay (and stay measurable) after the run, and for
+  // people to try exports from the console: shardloadGuest.exports.route(0n).
+  globalThis.shardloadGuest = guest;
   const copySeconds = guest.shards.reduce((sum, s) => sum + s.ms, 0) / 1e3;
   Object.assign(report, {
     dot: guest.dot,

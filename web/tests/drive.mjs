@@ -8,7 +8,7 @@
 // URL is the page with its parameters (e.g. http://127.0.0.1:8080/?run=1).
 // --pick gives the page's file input these files instead of loading the served model.
 
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 const args = process.argv.slice(2);
@@ -25,35 +25,25 @@ while (args.length) {
 }
 if (!url) throw new Error('usage: drive.mjs URL [--pick FILE]... [--js-flags FLAGS] [--timeout SECONDS]');
 
-// Resident memory of a process and its descendants, from /proc (Linux).
-function treeRss(pid) {
-  const children = new Map();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
+// Chromium's processes, from Chromium itself (CDP SystemInfo), with their
+// resident memory now and at its peak (VmRSS, VmHWM) from /proc (Linux).
+async function chromiumMemory(browser) {
+  const cdp = await browser.newBrowserCDPSession();
+  const { processInfo } = await cdp.send('SystemInfo.getProcessInfo');
+  const status = (pid, key) => {
     try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (!children.has(ppid)) children.set(ppid, []);
-      children.get(ppid).push(Number(entry));
-    } catch { /* gone */ }
-  }
-  const rss = (p) => {
-    try {
-      const line = readFileSync(`/proc/${p}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmRSS:'));
+      const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith(`${key}:`));
       return line ? Number(line.split(/\s+/)[1]) * 1024 : 0;
     } catch { return 0; }
   };
-  let total = 0;
-  let largest = 0;
-  const stack = [pid];
-  while (stack.length) {
-    const p = stack.pop();
-    const r = rss(p);
-    total += r;
-    largest = Math.max(largest, r);
-    stack.push(...(children.get(p) ?? []));
-  }
-  return { browser_rss: total, largest_process_rss: largest };
+  const processes = processInfo.map((p) => ({ type: p.type, pid: p.id, rss: status(p.id, 'VmRSS'), peak_rss: status(p.id, 'VmHWM') }));
+  const renderers = processes.filter((p) => p.type === 'renderer');
+  return {
+    browser_rss: processes.reduce((sum, p) => sum + p.rss, 0),
+    renderer_rss: Math.max(0, ...renderers.map((p) => p.rss)),
+    renderer_peak_rss: Math.max(0, ...renderers.map((p) => p.peak_rss)),
+    processes,
+  };
 }
 
 // Playwright gives Chromium a new, empty profile of its own.
@@ -81,9 +71,7 @@ try {
   const report = JSON.parse(await page.textContent('#report'));
   const shown = await page.textContent('#error');
   Object.assign(report, { shown_error: shown || null, console, chromium: browser.version() });
-  // Chromium runs as this process's child: count the tree, less this process.
-  const all = treeRss(process.pid);
-  report.memory = { browser_rss: all.browser_rss - process.memoryUsage().rss, largest_process_rss: all.largest_process_rss };
+  report.memory = await chromiumMemory(browser);
   process.stdout.write(`${JSON.stringify(report)}\n`);
 } catch (error) {
   process.stderr.write(`drive.mjs: ${error.message}\n`);

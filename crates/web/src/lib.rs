@@ -135,7 +135,9 @@ impl Site {
             .route("/guest.wasm", wasm(self.guest_relaxed))
             .route("/guest-plain.wasm", wasm(self.guest_plain));
         for (k, path) in self.files.into_iter().enumerate() {
-            router = router.route_service(&format!("/model/{k}"), ServeFile::new(path));
+            // 1 MiB reads (not 64 KiB): fewer, larger chunks for the tab to copy.
+            let file = ServeFile::new(path).with_buf_chunk_size(1 << 20);
+            router = router.route_service(&format!("/model/{k}"), file);
         }
         let header = |name: &'static str, value: &'static str| {
             SetResponseHeaderLayer::overriding(
