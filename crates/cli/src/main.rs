@@ -219,23 +219,36 @@ impl SamplingArgs {
 /// planning options) and a load mode.
 #[derive(Args)]
 struct StoreArgs {
-    /// Use this plan file (from `shardload plan -o`) instead of planning; refused if made from another model.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
-    plan: Option<PathBuf>,
     #[command(flatten)]
-    split: SplitArgs,
+    plan: PlanSource,
     /// How shard memories get their bytes: mapped from the file (zero copy) or copied into host memories.
     #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
     load: LoadArg,
 }
 
-impl StoreArgs {
+/// Where a command's plan comes from: a plan file, or planning now.
+#[derive(Args)]
+struct PlanSource {
+    /// Use this plan file (from `shardload plan -o`) instead of planning; refused if made from another model.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
+    plan: Option<PathBuf>,
+    #[command(flatten)]
+    split: SplitArgs,
+}
+
+impl PlanSource {
     /// The plan file's plan (checked against the model), or a new one.
     fn plan(&self, model: &shardload_store::OpenModel) -> anyhow::Result<shard_planner::Plan> {
         match &self.plan {
             Some(path) => model.load_plan(path),
             None => model.plan(&self.split.options()),
         }
+    }
+}
+
+impl StoreArgs {
+    fn plan(&self, model: &shardload_store::OpenModel) -> anyhow::Result<shard_planner::Plan> {
+        self.plan.plan(model)
     }
 
     fn mode(&self) -> shardload_store::LoadMode {
@@ -294,11 +307,8 @@ struct WebArgs {
     /// The GGUF model (for a split set, its first file). Default: the model scripts/fetch-models fetches.
     #[arg(value_name = "MODEL.gguf", default_value = DEFAULT_MODEL)]
     model: PathBuf,
-    /// Use this plan file (from `shardload plan -o`) instead of planning; refused if made from another model.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "max_shard_size", "boundary"])]
-    plan: Option<PathBuf>,
     #[command(flatten)]
-    split: SplitArgs,
+    plan: PlanSource,
     /// The port to listen on (0: any free port, printed).
     #[arg(long, default_value_t = 8080)]
     port: u16,

@@ -13,10 +13,7 @@ use crate::{WebArgs, check_model_exists};
 pub fn run(args: &WebArgs) -> Result<ExitCode> {
     check_model_exists(&args.model)?;
     let model = OpenModel::open(&args.model)?;
-    let plan = match &args.plan {
-        Some(path) => model.load_plan(path)?,
-        None => model.plan(&args.split.options())?,
-    };
+    let plan = args.plan.plan(&model)?;
     // Bind first: a port in use is reported before minutes of hashing.
     let server = shardload_web::Server::bind(SocketAddr::new(args.host, args.port))?;
     let total: u64 = plan.tensors.iter().map(|t| t.span.bytes).sum();

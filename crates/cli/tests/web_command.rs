@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use shardload_suite::{GEMMA, SMOLLM2, model, reference_xxh64, root};
+use shardload_suite::{GEMMA, SMOLLM2, make_split, model, reference_xxh64, root};
 
 /// A `shardload web` process on a free port, stopped when dropped.
 struct WebServer {
@@ -230,6 +230,45 @@ fn a_model_file_picked_by_a_person_loads_like_the_served_one() {
     assert_eq!(report["source"], "files");
     assert_eq!(report["failed"], 0);
     assert_eq!(report["verified"], report["tensors"]);
+}
+
+#[test]
+fn a_split_set_loads_from_the_server_and_from_picked_files_with_shards_spanning_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = make_split(&model(SMOLLM2), dir.path(), 100);
+    assert_eq!(files.len(), 3);
+    let server = WebServer::start(&[files[0].to_str().unwrap(), "--shards", "2"]);
+    let (_, plan) = http_get(server.port(), "/plan.json", "");
+    let plan: Value = serde_json::from_slice(&plan).unwrap();
+    assert!(
+        plan["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["extents"].as_array().unwrap().len() > 1),
+        "no shard holds the end of one file and the start of the next"
+    );
+    let served = drive(&format!("{}?run=1", server.url), &[]);
+    // Picked in any order: the page sorts them by name, the split order.
+    let picked = drive(
+        &server.url,
+        &[
+            "--pick",
+            files[2].to_str().unwrap(),
+            "--pick",
+            files[0].to_str().unwrap(),
+            "--pick",
+            files[1].to_str().unwrap(),
+        ],
+    );
+    let python: usize = files.iter().map(|f| reference_xxh64(f).len()).sum();
+    for report in [&served, &picked] {
+        assert_eq!(report["error"], Value::Null, "{report:#}");
+        assert_eq!(report["verified"], 272);
+        assert_eq!(report["failed"], 0);
+    }
+    assert_eq!(python, 272);
+    assert_eq!(served["xxh64"], picked["xxh64"]);
 }
 
 /// The page's error for a model file other than the one the plan was made for.
