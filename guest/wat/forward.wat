@@ -124,16 +124,26 @@
   ;; Query head h reads KV head h / ($heads / $kv_heads). With $window > 0 a
   ;; token sees only the last $window positions (sliding-window layers).
   ;; scores = q.k * $scale; softmax (max subtracted, exp in f64); out = sum p v.
-  ;; $scores holds one f32 per position. Only query heads [$h0, $h1) are
-  ;; computed, so threads can share the heads out.
+  ;; Only query heads [$h0, $h1) are computed, so threads can share the heads
+  ;; out. The heads of [$h0, $h1) that read one KV head are done together:
+  ;; each cached K and V row is converted from f16 once for all of them (the
+  ;; conversion costs more than the arithmetic), and each head's own
+  ;; operations, in their order, are those of one head alone. $scores holds
+  ;; (heads / kv_heads) x ($pos0 + $tokens) f32 scores, then $head_dim f32 for
+  ;; the converted row and one f32 per head.
   (func (export "attention") (param $q i32) (param $tokens i32) (param $pos0 i32) (param $heads i32) (param $kv_heads i32) (param $head_dim i32)
         (param $k_cache i32) (param $v_cache i32) (param $scale f32) (param $window i32) (param $scores i32) (param $out i32)
         (param $h0 i32) (param $h1 i32)
     (local $b i32) (local $h i32) (local $pos i32) (local $first i32) (local $t i32) (local $d i32) (local $group i32)
-    (local $qrow i32) (local $krow i32) (local $orow i32) (local $kv_width i32)
-    (local $dot f32) (local $max f32) (local $sum f64) (local $p f32) (local $e f32) (local $inv f32)
+    (local $kv_width i32) (local $stride i32) (local $row i32) (local $inv_at i32)
+    (local $end i32) (local $j i32) (local $count i32) (local $kv_at i32) (local $qrow i32) (local $srow i32)
+    (local $dot f32) (local $max f32) (local $sum f64) (local $e f32)
     (local.set $group (i32.div_u (local.get $heads) (local.get $kv_heads)))
     (local.set $kv_width (i32.mul (local.get $kv_heads) (local.get $head_dim)))
+    ;; One score row per head of a group, positions 0..$pos0 + $tokens.
+    (local.set $stride (i32.shl (i32.add (local.get $pos0) (local.get $tokens)) (i32.const 2)))
+    (local.set $row (i32.add (local.get $scores) (i32.mul (local.get $group) (local.get $stride))))
+    (local.set $inv_at (i32.add (local.get $row) (i32.shl (local.get $head_dim) (i32.const 2))))
     (block $tokens_done
       (loop $each_token
         (br_if $tokens_done (i32.ge_u (local.get $b) (local.get $tokens)))
@@ -143,64 +153,79 @@
           (then (local.set $first (i32.add (i32.sub (local.get $pos) (local.get $window)) (i32.const 1)))))
         (local.set $h (local.get $h0))
         (block $heads_done
-        (loop $each_head
+        (loop $each_group
           (br_if $heads_done (i32.ge_u (local.get $h) (local.get $h1)))
+          ;; Heads [$h, $end) read KV head $h / $group, at $kv_at in each cache row.
+          (local.set $end (i32.mul (i32.add (i32.div_u (local.get $h) (local.get $group)) (i32.const 1)) (local.get $group)))
+          (if (i32.gt_u (local.get $end) (local.get $h1)) (then (local.set $end (local.get $h1))))
+          (local.set $count (i32.sub (local.get $end) (local.get $h)))
+          (local.set $kv_at (i32.shl (i32.mul (i32.div_u (local.get $h) (local.get $group)) (local.get $head_dim)) (i32.const 1)))
           (local.set $qrow (i32.add (local.get $q) (i32.shl
             (i32.mul (i32.add (i32.mul (local.get $b) (local.get $heads)) (local.get $h)) (local.get $head_dim)) (i32.const 2))))
-          (local.set $orow (i32.add (local.get $out) (i32.sub (local.get $qrow) (local.get $q))))
-          ;; Scores and their maximum.
-          (local.set $max (f32.const -inf))
+          ;; Scores: each K row converted once, dotted with every head's query.
           (local.set $t (local.get $first))
           (loop $each_key
-            (local.set $krow (i32.add (local.get $k_cache) (i32.shl
-              (i32.add (i32.mul (local.get $t) (local.get $kv_width)) (i32.mul (i32.div_u (local.get $h) (local.get $group)) (local.get $head_dim)))
-              (i32.const 1))))
-            (local.set $dot (call $dot_f16 (local.get $qrow) (local.get $krow) (local.get $head_dim)))
-            (local.set $dot (f32.mul (local.get $dot) (local.get $scale)))
-            (f32.store $m0 (i32.add (local.get $scores) (i32.shl (local.get $t) (i32.const 2))) (local.get $dot))
-            (local.set $max (f32.max (local.get $max) (local.get $dot)))
+            (call $f16_row_to_f32 (i32.add (local.get $k_cache) (i32.add (local.get $kv_at) (i32.shl (i32.mul (local.get $t) (local.get $kv_width)) (i32.const 1))))
+              (local.get $row) (local.get $head_dim))
+            (local.set $j (i32.const 0))
+            (loop $each_head
+              (f32.store $m0 (i32.add (i32.add (local.get $scores) (i32.mul (local.get $j) (local.get $stride))) (i32.shl (local.get $t) (i32.const 2)))
+                (f32.mul (call $dot_f32 (i32.add (local.get $qrow) (i32.shl (i32.mul (local.get $j) (local.get $head_dim)) (i32.const 2)))
+                  (local.get $row) (local.get $head_dim)) (local.get $scale)))
+              (br_if $each_head (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (local.get $count))))
             (br_if $each_key (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
-          ;; exp(score - max), their sum in f64 as ggml's softmax sums.
-          (local.set $sum (f64.const 0))
-          (local.set $t (local.get $first))
-          (loop $each_exp
-            (local.set $e (f32.demote_f64 (call $exp (f64.promote_f32 (f32.sub
-              (f32.load $m0 (i32.add (local.get $scores) (i32.shl (local.get $t) (i32.const 2)))) (local.get $max))))))
-            (f32.store $m0 (i32.add (local.get $scores) (i32.shl (local.get $t) (i32.const 2))) (local.get $e))
-            (local.set $sum (f64.add (local.get $sum) (f64.promote_f32 (local.get $e))))
-            (br_if $each_exp (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
-          (local.set $inv (f32.demote_f64 (f64.div (f64.const 1) (local.get $sum))))
-          ;; out = sum_t p_t v_t
-          (local.set $d (i32.const 0))
-          (loop $zero
-            (v128.store $m0 (i32.add (local.get $orow) (i32.shl (local.get $d) (i32.const 2))) (v128.const i64x2 0 0))
-            (br_if $zero (i32.lt_u (local.tee $d (i32.add (local.get $d) (i32.const 4))) (local.get $head_dim))))
+          ;; Per head: the maximum, exp(score - max) summed in f64 as ggml's
+          ;; softmax sums, 1 / sum kept for the values, and the output zeroed.
+          (local.set $j (i32.const 0))
+          (loop $each_softmax
+            (local.set $srow (i32.add (local.get $scores) (i32.mul (local.get $j) (local.get $stride))))
+            (local.set $max (f32.const -inf))
+            (local.set $t (local.get $first))
+            (loop $each_max
+              (local.set $max (f32.max (local.get $max) (f32.load $m0 (i32.add (local.get $srow) (i32.shl (local.get $t) (i32.const 2))))))
+              (br_if $each_max (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
+            (local.set $sum (f64.const 0))
+            (local.set $t (local.get $first))
+            (loop $each_exp
+              (local.set $e (f32.demote_f64 (call $exp (f64.promote_f32 (f32.sub
+                (f32.load $m0 (i32.add (local.get $srow) (i32.shl (local.get $t) (i32.const 2)))) (local.get $max))))))
+              (f32.store $m0 (i32.add (local.get $srow) (i32.shl (local.get $t) (i32.const 2))) (local.get $e))
+              (local.set $sum (f64.add (local.get $sum) (f64.promote_f32 (local.get $e))))
+              (br_if $each_exp (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
+            (f32.store $m0 (i32.add (local.get $inv_at) (i32.shl (local.get $j) (i32.const 2)))
+              (f32.demote_f64 (f64.div (f64.const 1) (local.get $sum))))
+            (local.set $d (i32.const 0))
+            (loop $zero
+              (v128.store $m0 (i32.add (i32.add (local.get $out) (i32.sub (local.get $qrow) (local.get $q)))
+                (i32.shl (i32.add (i32.mul (local.get $j) (local.get $head_dim)) (local.get $d)) (i32.const 2))) (v128.const i64x2 0 0))
+              (br_if $zero (i32.lt_u (local.tee $d (i32.add (local.get $d) (i32.const 4))) (local.get $head_dim))))
+            (br_if $each_softmax (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (local.get $count))))
+          ;; out += p v: each V row converted once, added into every head's output.
           (local.set $t (local.get $first))
           (loop $each_value
-            (local.set $p (f32.mul (f32.load $m0 (i32.add (local.get $scores) (i32.shl (local.get $t) (i32.const 2)))) (local.get $inv)))
-            (call $axpy_f16 (local.get $orow) (local.get $p)
-              (i32.add (local.get $v_cache) (i32.shl
-                (i32.add (i32.mul (local.get $t) (local.get $kv_width)) (i32.mul (i32.div_u (local.get $h) (local.get $group)) (local.get $head_dim)))
-                (i32.const 1)))
-              (local.get $head_dim))
+            (call $f16_row_to_f32 (i32.add (local.get $v_cache) (i32.add (local.get $kv_at) (i32.shl (i32.mul (local.get $t) (local.get $kv_width)) (i32.const 1))))
+              (local.get $row) (local.get $head_dim))
+            (local.set $j (i32.const 0))
+            (loop $each_head_value
+              (call $axpy_f32
+                (i32.add (i32.add (local.get $out) (i32.sub (local.get $qrow) (local.get $q))) (i32.shl (i32.mul (local.get $j) (local.get $head_dim)) (i32.const 2)))
+                (f32.mul (f32.load $m0 (i32.add (i32.add (local.get $scores) (i32.mul (local.get $j) (local.get $stride))) (i32.shl (local.get $t) (i32.const 2))))
+                         (f32.load $m0 (i32.add (local.get $inv_at) (i32.shl (local.get $j) (i32.const 2)))))
+                (local.get $row) (local.get $head_dim))
+              (br_if $each_head_value (i32.lt_u (local.tee $j (i32.add (local.get $j) (i32.const 1))) (local.get $count))))
             (br_if $each_value (i32.le_u (local.tee $t (i32.add (local.get $t) (i32.const 1))) (local.get $pos))))
-          (local.set $h (i32.add (local.get $h) (i32.const 1)))
-          (br $each_head)))
+          (local.set $h (local.get $end))
+          (br $each_group)))
         (local.set $b (i32.add (local.get $b) (i32.const 1)))
         (br $each_token))))
 
-  ;; The f16 to f32 conversion of $f16x4 (exact, NaN payloads kept) is written
-  ;; inline in the two loops below: they run once per cached position and
-  ;; head, and a call per four elements spilled every vector and cost more
-  ;; than the arithmetic.
-
-  ;; sum_i a[i] * f16(b[i]) over $n f32 at $a and f16 at $b ($n a multiple of 4).
-  (func $dot_f16 (param $a i32) (param $b i32) (param $n i32) (result f32)
-    (local $acc v128) (local $i i32) (local $h v128) (local $cb v128) (local $ce v128)
+  ;; f32 copies of $n f16 at $src, written at $dst ($n a multiple of 4):
+  ;; exact, NaN payloads kept.
+  (func $f16_row_to_f32 (param $src i32) (param $dst i32) (param $n i32)
+    (local $i i32) (local $h v128) (local $cb v128) (local $ce v128)
     (loop $each
-      (local.set $h (i32x4.extend_low_i16x8_u (v128.load64_zero $m0 (i32.add (local.get $b) (i32.shl (local.get $i) (i32.const 1))))))
-      (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
-        (v128.load $m0 (i32.add (local.get $a) (i32.shl (local.get $i) (i32.const 2))))
+      (local.set $h (i32x4.extend_low_i16x8_u (v128.load64_zero $m0 (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1))))))
+      (v128.store $m0 (i32.add (local.get $dst) (i32.shl (local.get $i) (i32.const 2)))
         (v128.or
           (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))
           (v128.bitselect
@@ -211,31 +236,30 @@
                          (f32x4.splat (f32.const 0x1p-24)))
               (i32x4.add (local.get $cb) (v128.const i32x4 0x38000000 0x38000000 0x38000000 0x38000000))
               (i32x4.eq (local.tee $ce (v128.and (local.get $h) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00))) (v128.const i64x2 0 0)))
-            (i32x4.eq (local.get $ce) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))))))
+            (i32x4.eq (local.get $ce) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))))
+      (br_if $each (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (local.get $n)))))
+
+  ;; sum_i a[i] * b[i] over $n f32 ($n a multiple of 4): four lanes, then
+  ;; (lane 0 + lane 1) + (lane 2 + lane 3).
+  (func $dot_f32 (param $a i32) (param $b i32) (param $n i32) (result f32)
+    (local $acc v128) (local $i i32)
+    (loop $each
+      (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
+        (v128.load $m0 (i32.add (local.get $a) (i32.shl (local.get $i) (i32.const 2))))
+        (v128.load $m0 (i32.add (local.get $b) (i32.shl (local.get $i) (i32.const 2)))))))
       (br_if $each (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (local.get $n))))
     (f32.add
       (f32.add (f32x4.extract_lane 0 (local.get $acc)) (f32x4.extract_lane 1 (local.get $acc)))
       (f32.add (f32x4.extract_lane 2 (local.get $acc)) (f32x4.extract_lane 3 (local.get $acc)))))
 
-  ;; y[i] += a * f16(x[i]) over $n f32 at $y and f16 at $x ($n a multiple of 4).
-  (func $axpy_f16 (param $y i32) (param $a f32) (param $x i32) (param $n i32)
-    (local $i i32) (local $at i32) (local $h v128) (local $cb v128) (local $ce v128) (local $s v128)
+  ;; y[i] += a * x[i] over $n f32 ($n a multiple of 4).
+  (func $axpy_f32 (param $y i32) (param $a f32) (param $x i32) (param $n i32)
+    (local $i i32) (local $at i32) (local $s v128)
     (local.set $s (f32x4.splat (local.get $a)))
     (loop $each
       (local.set $at (i32.add (local.get $y) (i32.shl (local.get $i) (i32.const 2))))
-      (local.set $h (i32x4.extend_low_i16x8_u (v128.load64_zero $m0 (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 1))))))
       (v128.store $m0 (local.get $at) (f32x4.add (v128.load $m0 (local.get $at))
-        (f32x4.mul (local.get $s) (v128.or
-          (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))
-          (v128.bitselect
-            (v128.or (local.tee $cb (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)) (i32.const 13)))
-                     (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
-            (v128.bitselect
-              (f32x4.mul (f32x4.convert_i32x4_u (v128.and (local.get $h) (v128.const i32x4 0x3ff 0x3ff 0x3ff 0x3ff)))
-                         (f32x4.splat (f32.const 0x1p-24)))
-              (i32x4.add (local.get $cb) (v128.const i32x4 0x38000000 0x38000000 0x38000000 0x38000000))
-              (i32x4.eq (local.tee $ce (v128.and (local.get $h) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00))) (v128.const i64x2 0 0)))
-            (i32x4.eq (local.get $ce) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))))))
+        (f32x4.mul (local.get $s) (v128.load $m0 (i32.add (local.get $x) (i32.shl (local.get $i) (i32.const 2)))))))
       (br_if $each (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 4))) (local.get $n)))))
 
   ;; SwiGLU: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, $n f32.

@@ -27,6 +27,9 @@ struct Layout {
     up: usize,
     logits: usize,
     scores: usize,
+    /// Bytes of one thread's `scores` region: attention's score rows for the
+    /// query heads that share a KV head, a converted cache row, and one f32 per head.
+    scores_bytes: usize,
     tmp: usize,
     /// Bytes of one thread's `tmp` region (thread k's starts at `tmp + k * tmp_bytes`).
     tmp_bytes: usize,
@@ -60,7 +63,9 @@ impl Layout {
         let gate = take(b * hp.ffn * f);
         let up = take(b * hp.ffn * f);
         let logits = take(hp.vocab * f);
-        let scores = take(ctx * f * threads);
+        let group = hp.heads / hp.kv_heads;
+        let scores_bytes = ((group * ctx + hp.head_dim + group) * f).next_multiple_of(64);
+        let scores = take(scores_bytes * threads);
         let tmp_bytes = (b * widest * 2 + widest * 4).next_multiple_of(64);
         let tmp = take(tmp_bytes * threads);
         let cache_layer = ctx * kv_width * 2;
@@ -78,6 +83,7 @@ impl Layout {
             up,
             logits,
             scores,
+            scores_bytes,
             tmp,
             tmp_bytes,
             k_cache,
@@ -295,7 +301,7 @@ impl Session {
                         v_cache,
                         scale,
                         window as i32,
-                        (l.scores + k * self.ctx * 4) as i32,
+                        (l.scores + k * l.scores_bytes) as i32,
                         l.att as i32,
                         (hp.heads * k / threads) as i32,
                         (hp.heads * (k + 1) / threads) as i32,
