@@ -113,7 +113,9 @@ exports! {
     STORE_KV = "store_kv"(i32, i32, i32, i32, i32, i32, i32) -> ();
     /// `(q, tokens, pos0, heads, kv_heads, head_dim, k_cache, v_cache, scale,
     /// window, scores, out, first_head, end_head)`: causal grouped-query
-    /// attention over the caches, for query heads `[first_head, end_head)`.
+    /// attention over the caches, for query heads `[first_head, end_head)`;
+    /// `scores` is working space of `(heads / kv_heads) * (pos0 + tokens) +
+    /// head_dim + heads / kv_heads` f32 (the heads sharing a KV head run together).
     ATTENTION = "attention"(i32, i32, i32, i32, i32, i32, i32, i32, f32, i32, i32, i32, i32, i32) -> ();
     /// `(gate, up, n, out)`: SwiGLU, `silu(gate) * up`.
     SILU_MUL = "silu_mul"(i32, i32, i32, i32) -> ();
