@@ -45,6 +45,32 @@ function showShards(plan, shards = [], verified = {}) {
   }
 }
 
+/** A URL parameter that must be a whole number of at least `least`. */
+function wholeNumber(text, name, least) {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < least) {
+    throw new Error(`?${name}=${text}: give a whole number of at least ${least}`);
+  }
+  return value;
+}
+
+/** `rows=FIRST:END` (END exclusive), as shardload run --sweep-rows takes it. */
+function rowRange(text) {
+  const parts = text.split(':');
+  const bad = () => new Error(`?rows=${text}: give FIRST:END with END past FIRST, like 0:4`);
+  if (parts.length !== 2) throw bad();
+  const [first, end] = parts.map((p) => wholeNumber(p, 'rows', 0));
+  if (end <= first) throw bad();
+  return [first, end];
+}
+
+/** Bytes as base64, a piece at a time (spreading a large array overflows the stack). */
+function base64(bytes) {
+  let text = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
 const nextFrame = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 async function getJson(url, what) {
@@ -83,14 +109,14 @@ async function start(source, sourceName) {
     dot: guest.dot,
     ready_ms: readyMs,
     bytes_copied: guest.copied,
-    copy_gb_per_s: guest.copied / copySeconds / 1e9,
-    tables: btoa(String.fromCharCode(...guest.tables)),
+    copy_gb_per_s: guest.copied / Math.max(copySeconds, 1e-9) / 1e9,
+    tables: base64(guest.tables),
   });
   showShards(plan, guest.shards);
 
   // Verify: the guest's XXH64 of each tensor, read through its shard memory,
   // against the host's of the file.
-  const sample = params.has('sample') ? Number(params.get('sample')) : null;
+  const sample = params.has('sample') ? wholeNumber(params.get('sample'), 'sample', 1) : null;
   const chosen = shardload.selectTensors(plan, sample);
   const expected = new Map(checksums.tensors.map((t) => [t.name, t.xxh64]));
   const perShard = {};
@@ -118,7 +144,7 @@ async function start(source, sourceName) {
     failed: failures.length,
     failures,
     verify_ms: verifyMs,
-    verify_gb_per_s: verifiedBytes / (verifyMs / 1e3) / 1e9,
+    verify_gb_per_s: verifiedBytes / Math.max(verifyMs / 1e3, 1e-9) / 1e9,
     xxh64: hashes,
   });
   showShards(plan, guest.shards, perShard);
@@ -129,8 +155,7 @@ async function start(source, sourceName) {
   if (params.get('sweep') !== '0') {
     $('status').textContent = 'running one decode step\'s matvecs…';
     await nextFrame();
-    const [first, end] = (params.get('rows') ?? '0:4').split(':').map(Number);
-    const sweep = shardload.sweep(guest, manifest.kernel_types, [first, end]);
+    const sweep = shardload.sweep(guest, manifest.kernel_types, rowRange(params.get('rows') ?? '0:4'));
     report.sweep = sweep;
     report.sweep_gb_per_s = sweep.gb_per_s;
   }

@@ -61,6 +61,9 @@ export function unsupportedReason(features) {
   if (missing.length) {
     return `This browser's WebAssembly lacks ${missing.join(', ')}, which shardload's guest needs: use ${browsers}.`;
   }
+  if (!globalThis.isSecureContext) {
+    return 'This page is not a secure origin, so the browser gives it no shared WebAssembly memories (the guest\'s scratch): open it as http://localhost or http://127.0.0.1 (through an SSH tunnel from another machine), or over HTTPS.';
+  }
   if (!features.sharedMemory) {
     return 'This page is not cross-origin isolated, so shared WebAssembly memories (the guest\'s scratch) are unavailable: open it from `shardload web`, which sends the COOP and COEP headers.';
   }
@@ -213,7 +216,7 @@ async function buildShards(plan, source, onProgress) {
       const all = plan.shards.reduce((sum, s) => sum + s.bytes, 0);
       throw new Error(`cannot get ${human(shard.bytes)} of memory for shard ${shard.index} (the tab needs ${human(all)} in all for ${plan.shards.length} shards): the browser said "${error.message}". Close other tabs or use a machine with more memory.`);
     }
-    for (const extent of shard.extents) {
+    for (const extent of shard.extents.filter((e) => e.bytes > 0)) {
       let at = extent.memory_offset;
       const end = extent.memory_offset + extent.bytes;
       for await (const chunk of source.read(extent.file, extent.file_offset, extent.bytes)) {
@@ -253,6 +256,8 @@ export async function load({ plan, guests, source, typeIds, dot = 'auto', onProg
     if (!response.ok) throw new Error(`cannot fetch the guest ${guestUrl}: ${response.status}`);
     return WebAssembly.compile(await response.arrayBuffer());
   });
+  // Copying may fail first: the compile's failure, if any, is then not news.
+  compiling.catch(() => {});
   const { shards, copied } = await buildShards(plan, source, onProgress);
   const module = await compiling;
   const { bytes: tables, routes } = encodeTables(plan, typeIds);
@@ -341,7 +346,7 @@ export function sweep(guest, kernelTypes, rows) {
     const hi = Math.max(lo, Math.min(rows[1], count));
     samples.push({ tensor: t.name, first_row: lo, y: Array.from(y.subarray(lo, hi)) });
   });
-  return { matvecs: samples.length, bytes, ms, gb_per_s: bytes / (ms / 1e3) / 1e9, rows: samples };
+  return { matvecs: samples.length, bytes, ms, gb_per_s: bytes / Math.max(ms / 1e3, 1e-9) / 1e9, rows: samples };
 }
 
 /**

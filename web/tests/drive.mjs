@@ -59,9 +59,9 @@ const browser = await chromium.launch({
 let exitCode = 0;
 try {
   const page = await browser.newPage();
-  const console = [];
-  page.on('console', (m) => console.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => console.push(`pageerror: ${e.message}`));
+  const messages = [];
+  page.on('console', (m) => messages.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => messages.push(`pageerror: ${e.message}`));
   await page.goto(url);
   if (picks.length) {
     await page.waitForSelector('#pick:not([disabled])', { timeout: timeout * 1e3 });
@@ -70,7 +70,7 @@ try {
   await page.waitForSelector('#report[data-done="true"]', { state: 'attached', timeout: timeout * 1e3 });
   const report = JSON.parse(await page.textContent('#report'));
   const shown = await page.textContent('#error');
-  Object.assign(report, { shown_error: shown || null, console, chromium: browser.version() });
+  Object.assign(report, { shown_error: shown || null, console: messages, chromium: browser.version() });
   report.memory = await chromiumMemory(browser);
   process.stdout.write(`${JSON.stringify(report)}\n`);
 } catch (error) {

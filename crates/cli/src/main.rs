@@ -288,14 +288,14 @@ struct RunArgs {
     #[arg(long, value_name = "K", default_value_t = 1)]
     instances: usize,
     /// Verify only N tensors per shard (the first, the last, evenly spaced between) instead of all.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     sample: Option<usize>,
     /// After verifying, run one decode step's matvec sweep (every 2-D weight times a fixed vector)
-    /// and report its GB/s and output rows (--sweep-rows): what the browser page runs, to compare.
+    /// and report its GB/s (and, with --json, output rows): what the browser page runs, to compare.
     #[arg(long)]
     sweep: bool,
     /// The output rows of each swept weight to report, as FIRST:END (end exclusive, clamped).
-    #[arg(long, value_name = "FIRST:END", default_value = "0:4", value_parser = units::parse_row_range)]
+    #[arg(long, value_name = "FIRST:END", default_value = "0:4", value_parser = units::parse_row_range, requires = "sweep")]
     sweep_rows: std::ops::Range<u64>,
     /// Print a machine-readable report.
     #[arg(long)]

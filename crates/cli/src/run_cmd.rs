@@ -60,6 +60,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let dot = format!("{:?}", store.dot_product()).to_lowercase();
     let sweep = match args.sweep {
         true => Some(shardload_bench::sweep::sweep(
             &mut instances[0],
@@ -112,7 +113,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             },
             "verify_gb_per_s": gbps(verified_bytes, verified.total),
             "sweep": sweep.as_ref().map(|s| json!({
-                "dot": format!("{:?}", store.dot_product()).to_lowercase(),
+                "dot": dot,
                 "matvecs": s.samples.len(),
                 "bytes": s.bytes,
                 "ms": ms(s.elapsed),
@@ -198,7 +199,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 human(s.bytes),
                 ms(s.elapsed),
                 s.gb_per_s(),
-                format!("{:?}", store.dot_product()).to_lowercase()
+                dot
             );
         }
         for (k, u) in &usage {

@@ -65,6 +65,23 @@ pub fn human(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_row_range_is_first_colon_end_with_end_past_first() {
+        assert_eq!(parse_row_range("0:4"), Ok(0..4));
+        assert_eq!(parse_row_range(" 7 : 9 "), Ok(7..9));
+        for bad in [
+            "5:3",
+            "3:3",
+            "a:1",
+            "1:",
+            "4",
+            "0:99999999999999999999",
+            "-1:2",
+        ] {
+            assert!(parse_row_range(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -47,7 +47,10 @@ pub fn run(args: &WebArgs) -> Result<ExitCode> {
     drop(out);
     if !addr.ip().is_loopback() {
         eprintln!(
-            "shardload: warning: listening on {host}: the model file is readable by anyone who can reach it"
+            "shardload: warning: listening on {}: the model file is readable by anyone who can reach it, \
+             and a browser on another machine gets no shared memory over plain HTTP (not a secure \
+             origin): reach it as http://localhost through an SSH tunnel, or put HTTPS in front",
+            addr.ip()
         );
     }
     server.serve(site)?;

@@ -121,3 +121,31 @@ fn a_plan_made_from_another_model_exits_1_before_mapping() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("was not made from"));
 }
+
+#[test]
+fn a_plan_file_reads_the_model_named_on_the_command_line_not_the_path_it_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (planned_at, moved_to) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    std::fs::copy(model(SMOLLM2), &planned_at).unwrap();
+    let plan = dir.path().join("plan.json");
+    let planned = shardload(&[
+        "plan",
+        planned_at.to_str().unwrap(),
+        "--shards",
+        "2",
+        "-o",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(planned.status.success());
+    std::fs::rename(&planned_at, &moved_to).unwrap();
+    let report = json(&shardload(&[
+        "run",
+        moved_to.to_str().unwrap(),
+        "--plan",
+        plan.to_str().unwrap(),
+        "--sample",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(report["failed"], 0);
+}

@@ -225,11 +225,36 @@ fn the_plain_simd_guest_a_browser_without_relaxed_simd_gets_computes_the_same_sw
 fn a_model_file_picked_by_a_person_loads_like_the_served_one() {
     let path = model(SMOLLM2);
     let server = WebServer::start(&[path.to_str().unwrap(), "--shards", "4"]);
-    let report = drive(&server.url, &["--pick", path.to_str().unwrap()]);
-    assert_eq!(report["error"], Value::Null);
-    assert_eq!(report["source"], "files");
-    assert_eq!(report["failed"], 0);
-    assert_eq!(report["verified"], report["tensors"]);
+    let picked = drive(&server.url, &["--pick", path.to_str().unwrap()]);
+    let served = drive(&format!("{}?run=1", server.url), &[]);
+    assert_eq!(picked["error"], Value::Null);
+    assert_eq!(picked["source"], "files");
+    assert_eq!(served["source"], "server");
+    assert_eq!(picked["failed"], 0);
+    assert_eq!(picked["verified"], picked["tensors"]);
+    for key in ["xxh64", "tables", "bytes_copied"] {
+        assert_eq!(picked[key], served[key], "{key}");
+    }
+    assert_eq!(picked["sweep"]["rows"], served["sweep"]["rows"]);
+}
+
+#[test]
+fn page_parameters_that_make_no_sense_are_refused_not_ignored() {
+    let server = WebServer::start(&[model(SMOLLM2).to_str().unwrap(), "--shards", "2"]);
+    for (query, expected) in [
+        ("sample=0", "?sample=0: give a whole number of at least 1"),
+        (
+            "sample=2.5",
+            "?sample=2.5: give a whole number of at least 1",
+        ),
+        ("rows=5:3", "?rows=5:3: give FIRST:END with END past FIRST"),
+    ] {
+        let report = drive(&format!("{}?run=1&{query}", server.url), &[]);
+        let error = report["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{query}: no error"));
+        assert!(error.starts_with(expected), "{query}: {error}");
+    }
 }
 
 #[test]
@@ -272,7 +297,7 @@ fn a_split_set_loads_from_the_server_and_from_picked_files_with_shards_spanning_
 }
 
 /// The page's error for a model file other than the one the plan was made for.
-fn error_for_picked(file: &Path) -> String {
+fn error_for_picked(file: &Path) -> (String, Value) {
     let path = model(SMOLLM2);
     let server = WebServer::start(&[path.to_str().unwrap(), "--shards", "4"]);
     let report = drive(&server.url, &["--pick", file.to_str().unwrap()]);
@@ -283,12 +308,12 @@ fn error_for_picked(file: &Path) -> String {
         report["shown_error"], error,
         "the page shows the error it reports"
     );
-    error.to_string()
+    (error.to_string(), report)
 }
 
 #[test]
 fn another_model_than_the_planned_one_is_refused_naming_both_files_and_sizes() {
-    let error = error_for_picked(&model(GEMMA));
+    let (error, _) = error_for_picked(&model(GEMMA));
     assert!(error.contains("gemma-3-270m-q4_k_m.gguf is"), "{error}");
     assert!(
         error.contains("SmolLM2-135M-Instruct.Q4_1.gguf of 98,362,432 bytes"),
@@ -302,7 +327,11 @@ fn a_truncated_model_file_is_refused_before_anything_is_copied() {
     let truncated = dir.path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let bytes = std::fs::read(model(SMOLLM2)).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let error = error_for_picked(&truncated);
+    let (error, report) = error_for_picked(&truncated);
+    assert!(
+        report["bytes_copied"].is_null(),
+        "copied before refusing: {report:#}"
+    );
     assert!(error.contains("is 49,181,216 bytes"), "{error}");
     assert!(error.contains("truncated"), "{error}");
 }
@@ -315,7 +344,7 @@ fn a_same_sized_file_with_other_weights_fails_verification_and_names_a_tensor() 
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&changed, &bytes).unwrap();
-    let error = error_for_picked(&changed);
+    let (error, _) = error_for_picked(&changed);
     assert!(
         error.contains("1 of 272 tensors differ from the host's checksums (first: blk."),
         "{error}"

@@ -66,10 +66,16 @@ impl OpenModel {
     pub fn load_plan(&self, plan_path: &Path) -> Result<Plan> {
         let text = std::fs::read_to_string(plan_path)
             .with_context(|| format!("cannot read plan {}", plan_path.display()))?;
-        let plan = Plan::from_json(&text).with_context(|| format!("{}", plan_path.display()))?;
+        let mut plan =
+            Plan::from_json(&text).with_context(|| format!("{}", plan_path.display()))?;
         plan.check_model(&self.layout).with_context(|| {
             format!("{} was not made from {}", plan_path.display(), self.name())
         })?;
+        // The files just checked are the ones to read, wherever the plan was
+        // made: not whatever now lies at the paths it recorded.
+        for (planned, opened) in plan.model.files.iter_mut().zip(&self.layout.files) {
+            planned.path.clone_from(&opened.path);
+        }
         Ok(plan)
     }
 

@@ -111,29 +111,25 @@ impl Site {
     /// `/plan.json`, `/guest.wasm`, `/guest-plain.wasm`, `/checksums.json`,
     /// and `/model/K` for the plan's K-th file (Range requests answered).
     pub fn router(self) -> Router {
-        let text = |body: String, ty: &'static str| {
+        // Bytes: each request clones a reference, not the body.
+        let body = |body: axum::body::Bytes, ty: &'static str| {
             get(move || {
                 let body = body.clone();
                 async move { ([(header::CONTENT_TYPE, ty)], body).into_response() }
             })
         };
-        let wasm = |body: Vec<u8>| {
-            get(move || {
-                let body = body.clone();
-                async move { ([(header::CONTENT_TYPE, "application/wasm")], body).into_response() }
-            })
-        };
         const JS: &str = "text/javascript; charset=utf-8";
         const JSON: &str = "application/json";
+        const WASM: &str = "application/wasm";
         let mut router = Router::new()
-            .route("/", text(INDEX_HTML.into(), "text/html; charset=utf-8"))
-            .route("/page.js", text(PAGE_JS.into(), JS))
-            .route("/shardload.js", text(HOST_JS.into(), JS))
-            .route("/manifest.json", text(self.manifest, JSON))
-            .route("/plan.json", text(self.plan, JSON))
-            .route("/checksums.json", text(self.checksums, JSON))
-            .route("/guest.wasm", wasm(self.guest_relaxed))
-            .route("/guest-plain.wasm", wasm(self.guest_plain));
+            .route("/", body(INDEX_HTML.into(), "text/html; charset=utf-8"))
+            .route("/page.js", body(PAGE_JS.into(), JS))
+            .route("/shardload.js", body(HOST_JS.into(), JS))
+            .route("/manifest.json", body(self.manifest.into(), JSON))
+            .route("/plan.json", body(self.plan.into(), JSON))
+            .route("/checksums.json", body(self.checksums.into(), JSON))
+            .route("/guest.wasm", body(self.guest_relaxed.into(), WASM))
+            .route("/guest-plain.wasm", body(self.guest_plain.into(), WASM));
         for (k, path) in self.files.into_iter().enumerate() {
             // 1 MiB reads (not 64 KiB): fewer, larger chunks for the tab to copy.
             let file = ServeFile::new(path).with_buf_chunk_size(1 << 20);
