@@ -35,12 +35,13 @@ pub fn run(args: &WebArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "serving {} ({} tensors, {} in {} shards) at http://{host}:{}/\n\
+        "serving {} ({} tensors, {} in {} shard{}) at http://{host}:{}/\n\
          open it in a browser (add ?run=1 to load at once); Ctrl-C stops",
         model.name(),
         plan.tensors.len(),
         human(total),
         plan.shards.len(),
+        if plan.shards.len() == 1 { "" } else { "s" },
         addr.port()
     );
     let _ = out.flush();
