@@ -387,9 +387,14 @@ fn when_the_browser_refuses_a_shards_memory_the_page_says_how_much_it_needed() {
 /// One raw HTTP/1.1 exchange: the status line and headers, and the body.
 fn http_get(port: u16, path: &str, headers: &str) -> (String, Vec<u8>) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let host = if headers.contains("Host:") {
+        String::new()
+    } else {
+        format!("Host: 127.0.0.1:{port}\r\n")
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\n{host}{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = Vec::new();
@@ -440,6 +445,28 @@ fn the_server_answers_range_requests_with_the_files_bytes_and_isolates_the_page(
     assert!(head.starts_with("http/1.1 416"), "{head}");
     let (head, _) = http_get(server.port(), "/model/1", "");
     assert!(head.starts_with("http/1.1 404"), "{head}");
+}
+
+#[test]
+fn requests_for_another_host_name_are_refused_so_dns_rebinding_cannot_read_the_model() {
+    let server = WebServer::start(&[model(SMOLLM2).to_str().unwrap(), "--shards", "2"]);
+    let port = server.port();
+    let (head, body) = http_get(
+        port,
+        "/model/0",
+        "Host: attacker.example:80\r\nRange: bytes=0-3\r\n",
+    );
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(!body.starts_with(b"GGUF"));
+    let (head, _) = http_get(port, "/model/0", "Range: bytes=0-3\r\n");
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    let (head, body) = http_get(
+        port,
+        "/model/0",
+        &format!("Host: localhost:{port}\r\nRange: bytes=0-3\r\n"),
+    );
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert_eq!(body, b"GGUF");
 }
 
 #[test]

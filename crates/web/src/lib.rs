@@ -12,8 +12,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
+use std::sync::Arc;
+
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
@@ -110,7 +114,10 @@ impl Site {
     /// The routes: `/`, `/page.js`, `/shardload.js`, `/manifest.json`,
     /// `/plan.json`, `/guest.wasm`, `/guest-plain.wasm`, `/checksums.json`,
     /// and `/model/K` for the plan's K-th file (Range requests answered).
-    pub fn router(self) -> Router {
+    /// Bound to a loopback `addr`, only requests naming it (or `localhost`)
+    /// in `Host` are answered: a web page whose name an attacker re-points
+    /// at 127.0.0.1 (DNS rebinding) cannot read the model.
+    pub fn router(self, addr: SocketAddr) -> Router {
         // Bytes: each request clones a reference, not the body.
         let body = |body: axum::body::Bytes, ty: &'static str| {
             get(move || {
@@ -141,6 +148,32 @@ impl Site {
                 HeaderValue::from_static(value),
             )
         };
+        if addr.ip().is_loopback() {
+            let port = addr.port();
+            let allowed = Arc::new(vec![
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("[::1]:{port}"),
+            ]);
+            router = router.layer(middleware::from_fn(move |request: Request, next: Next| {
+                let allowed = allowed.clone();
+                async move {
+                    let host = request
+                        .headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok());
+                    if host.is_some_and(|h| allowed.iter().any(|a| a == h)) {
+                        next.run(request).await
+                    } else {
+                        let message = format!(
+                            "shardload web answers only requests for {}, not Host {host:?}\n",
+                            allowed.join(", ")
+                        );
+                        (StatusCode::FORBIDDEN, message).into_response()
+                    }
+                }
+            }));
+        }
         router
             .layer(header("cross-origin-opener-policy", "same-origin"))
             .layer(header("cross-origin-embedder-policy", "require-corp"))
@@ -180,7 +213,10 @@ impl Server {
     pub fn serve(self, site: Site) -> Result<()> {
         let Server { listener, runtime } = self;
         runtime
-            .block_on(async move { axum::serve(listener, site.router()).await })
+            .block_on(async move {
+                let addr = listener.local_addr()?;
+                axum::serve(listener, site.router(addr)).await
+            })
             .context("the HTTP server stopped")
     }
 }
