@@ -61,14 +61,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         bar.finish_and_clear();
     }
     let dot = format!("{:?}", store.dot_product()).to_lowercase();
-    let sweep = match args.sweep {
-        true => Some(shardload_bench::sweep::sweep(
-            &mut instances[0],
-            plan,
-            args.sweep_rows.clone(),
-        )?),
-        false => None,
-    };
+    let sweep = args
+        .sweep
+        .then(|| shardload_bench::sweep::sweep(&mut instances[0], plan, args.sweep_rows.clone()))
+        .transpose()?;
     // Every instance's verification counts; the first's timings describe a load.
     let failures = failures(results.iter().map(|(_, v)| v));
     let (timings, verified) = &results[0];

@@ -30,6 +30,8 @@ pub struct WeightStore {
     guest: Module,
     plan: Plan,
     tables: Vec<u8>,
+    /// The first scratch byte past `tables`, where kernels may write.
+    scratch_free: usize,
     files: Vec<Arc<File>>,
     mode: LoadMode,
     dot: DotProduct,
@@ -139,12 +141,15 @@ impl WeightStore {
             })
             .collect::<Result<Vec<_>>>()?;
         let tables = routing_tables(&plan);
+        let scratch_free =
+            abi::scratch_free_offset(Router::new(&plan).routes().len(), plan.tensors.len());
         Ok(WeightStore {
             engine,
             memories: MemoryBuilder::new(creator),
             guest,
             plan,
             tables,
+            scratch_free,
             files,
             mode,
             dot,
@@ -252,10 +257,7 @@ impl WeightStore {
             funcs,
             profile: None,
             scratch,
-            scratch_free: abi::scratch_free_offset(
-                Router::new(&self.plan).routes().len(),
-                self.plan.tensors.len(),
-            ),
+            scratch_free: self.scratch_free,
             types: self
                 .plan
                 .tensors
