@@ -10,6 +10,9 @@ pub use shard_planner::Route;
 pub const IMPORT_MODULE: &str = "shardload";
 /// The scratch memory's import name: memory 0, a 32-bit memory.
 pub const SCRATCH_IMPORT: &str = "scratch";
+/// The clock the guest reads only while profiling a program: `() -> f64`,
+/// nanoseconds from any fixed origin (a JS host passes `performance.now() * 1e6`).
+pub const CLOCK_IMPORT: &str = "now";
 /// The smallest scratch memory the guest declares, in 64 KiB pages.
 pub const SCRATCH_MIN_PAGES: u64 = 1;
 /// The largest: 4 GiB. Scratch is a *shared* memory (threads: several guest

@@ -98,31 +98,9 @@ exports! {
     /// `(tensor, first_row, rows, x, y, tmp)`: `y[r] = W[first_row + r] · x`
     /// (f32 in scratch; `tmp` holds 4 bytes per element of x).
     MATVEC = "matvec"(i32, i64, i64, i32, i32, i32) -> ();
-    /// `(tensor, first_row, rows, x, batch, y, y_stride, tmp)`: `Y[b][r] =
-    /// W[first_row + r] · X[b]` for a batch of inputs, each weight block read
-    /// once per batch (prompt processing); `tmp` holds 1.5 bytes per input element.
-    MATMUL = "matmul"(i32, i64, i64, i32, i32, i32, i32, i32) -> ();
-    /// `(x, rows, n, eps, weight_tensor, out)`: RMSNorm of each row times an
-    /// F32 weight tensor read in place.
-    RMS_NORM = "rms_norm"(i32, i32, i32, f32, i32, i32) -> ();
-    /// `(x, tokens, heads, head_dim, pos0, freq_base, neox, factors_tensor)`:
-    /// rotary embedding in place (`factors_tensor` -1 when the model has none).
-    ROPE = "rope"(i32, i32, i32, i32, i32, f32, i32, i32) -> ();
-    /// `(k, v, tokens, width, k_cache, v_cache, pos0)`: appends keys and
-    /// values to a layer's f16 caches.
-    STORE_KV = "store_kv"(i32, i32, i32, i32, i32, i32, i32) -> ();
-    /// `(q, tokens, pos0, heads, kv_heads, head_dim, k_cache, v_cache, scale,
-    /// window, scores, out, first_head, end_head)`: causal grouped-query
-    /// attention over the caches, for query heads `[first_head, end_head)`;
-    /// `scores` is working space of `(heads / kv_heads) * (pos0 + tokens) +
-    /// head_dim + heads / kv_heads` f32 (the heads sharing a KV head run together).
-    ATTENTION = "attention"(i32, i32, i32, i32, i32, i32, i32, i32, f32, i32, i32, i32, i32, i32) -> ();
-    /// `(gate, up, n, out)`: SwiGLU, `silu(gate) * up`.
-    SILU_MUL = "silu_mul"(i32, i32, i32, i32) -> ();
-    /// `(a, b, n, out)`: `a + b` (residual connections).
-    ADD = "add"(i32, i32, i32, i32) -> ();
-    /// `(x, n, s)`: `x *= s` (Gemma's embedding scale).
-    SCALE = "scale"(i32, i32, f32) -> ();
-    /// `(gate, up, n, out)`: GEGLU, `gelu(gate) * up` as ggml computes it.
-    GELU_MUL = "gelu_mul"(i32, i32, i32, i32) -> ();
+    /// `(program, thread, threads) -> aborted`: runs the forward-pass
+    /// program at scratch offset `program` (guest/README.md, "The program"):
+    /// every thread's instance enters it at once and they meet at barriers
+    /// inside; 1 when the host aborted the run because another thread failed.
+    FORWARD = "forward"(i32, i32, i32) -> (i32);
 }

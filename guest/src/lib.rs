@@ -10,6 +10,7 @@ pub mod abi;
 mod dequantize;
 pub mod exports;
 mod matvec;
+pub mod program;
 mod quants;
 
 pub use matvec::DotProduct;
@@ -243,6 +244,12 @@ pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
             k + 1
         );
     }
+    let _ = writeln!(
+        wat,
+        "  (import \"{}\" \"{}\" (func $now (result f64)))",
+        abi::IMPORT_MODULE,
+        abi::CLOCK_IMPORT
+    );
     wat += &abi::fill(include_str!("../wat/tables.wat"), &[]);
     for (export, target) in [("xxh64_range", "xxh64"), ("stream_range", "stream")] {
         wat += &shard_dispatch(
@@ -268,6 +275,7 @@ pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
     wat += &shard_dispatch("$f32_at", "f32_at", &["p i64"], Some("f32"), shards);
     wat += include_str!("../wat/math.wat");
     wat += &abi::fill(include_str!("../wat/forward.wat"), &[]);
+    wat += &abi::fill(include_str!("../wat/program.wat"), &program::wat_constants());
     let emitted: Vec<GgmlType> = KERNEL_TYPES
         .iter()
         .copied()

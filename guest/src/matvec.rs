@@ -238,7 +238,7 @@ pub fn matvec_functions(shards: u32, types: &[GgmlType], dot: DotProduct) -> Str
   ;; shard once and dotted with every input while it sits in L1, so a batch
   ;; costs about one pass over the weights. $tmp holds 1.5 bytes per input
   ;; element (x's quants and group metadata).
-  (func (export "matmul") (param $t i32) (param $first i64) (param $rows i64) (param $x i32) (param $batch i32) (param $y i32) (param $y_stride i32) (param $tmp i32)
+  (func $matmul (param $t i32) (param $first i64) (param $rows i64) (param $x i32) (param $batch i32) (param $y i32) (param $y_stride i32) (param $tmp i32)
     (local $b i32) (local $r0 i64) (local $count i64) (local $n i32) (local $metas i32)"#;
     wat += &quants::type_dispatch(types, |ty| {
         let (name, block) = (ty.name(), ty.block_size());

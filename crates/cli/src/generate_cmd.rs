@@ -95,7 +95,7 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     let ready = started.elapsed();
 
     let mut sampler = Sampler::new(args.sampling.config());
-    session.set_profiling(args.profile);
+    session.set_profiling(args.profile)?;
     let clock = Instant::now();
     let mut logits = session.eval(&prompt)?;
     let prompt_time = clock.elapsed();

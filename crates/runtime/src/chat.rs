@@ -40,27 +40,20 @@ pub struct ChatTemplate {
 
 const NAME: &str = "chat_template";
 
-/// Gemma 3's chat template, for gemma3 GGUFs written without one: the template
-/// Google publishes with the Gemma 3 instruction-tuned models (no copy of it
-/// is reachable from these machines; it was written out from that template and
-/// its renderings checked against Python's jinja2).
-const GEMMA3_TEMPLATE: &str = include_str!("../templates/gemma3.jinja");
-
 impl ChatTemplate {
     /// The template of a GGUF model (`tokenizer.chat_template`), with
     /// `bos_token` and `eos_token` the texts of its BOS and EOS tokens (empty
     /// where the model has none). An error names the key when it is missing.
     pub fn from_gguf(file: &GgufFile) -> Result<ChatTemplate> {
         let architecture = file.get("general.architecture").and_then(|v| v.as_str());
-        let source = match (file.get(CHAT_TEMPLATE_KEY), architecture) {
+        // An architecture whose GGUFs often lack a template brings its own.
+        let fallback = architecture.and_then(crate::arch::default_chat_template);
+        let source = match (file.get(CHAT_TEMPLATE_KEY), fallback) {
             (Some(value), _) => value
                 .as_str()
                 .ok_or_else(|| anyhow!("{CHAT_TEMPLATE_KEY} is not a string"))?,
-            // Gemma 3 GGUFs are often written without their template (the one
-            // here is): llama.cpp then falls back to its built-in "gemma"
-            // format; we use Gemma 3's own template.
-            (None, Some("gemma3")) => GEMMA3_TEMPLATE,
-            (None, _) => {
+            (None, Some(template)) => template,
+            (None, None) => {
                 bail!("the model has no chat template: its GGUF lacks the key {CHAT_TEMPLATE_KEY}")
             }
         };

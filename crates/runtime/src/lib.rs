@@ -1,17 +1,19 @@
 //! The runtime on top of the weight store: what `generate`, `chat`, a
 //! browser page and a server share. It knows architectures (their
-//! hyperparameters and tensors, read from the GGUF), lays out activations and
-//! the KV cache in the guest's scratch memory, strings the guest's kernels
-//! into a forward pass, and samples. The host does no model arithmetic: every
-//! operation from the embedding lookup to the logits runs in the guest.
+//! hyperparameters and tensors, read from the GGUF, one file each under
+//! `arch/`), turns an architecture's layers into a program the guest runs
+//! (`program`), keeps sequences and their KV caches (`session`), and samples.
+//! The host does no model arithmetic: every operation from the embedding
+//! lookup to the logits runs in the guest, as one export call per thread.
 
 mod arch;
 mod chat;
 mod pool;
+mod program;
 mod sample;
 mod session;
 
-pub use arch::{Architecture, Hyperparameters};
+pub use arch::Hyperparameters;
 pub use chat::{CHAT_TEMPLATE_KEY, ChatTemplate, Message};
 pub use sample::{Sampler, SamplerConfig};
-pub use session::Session;
+pub use session::{SequenceId, Session, SessionOptions, StageOutput};

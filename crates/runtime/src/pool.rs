@@ -1,49 +1,62 @@
 //! Threads for the forward pass: one guest instance per extra thread, all
 //! sharing the first instance's scratch memory (a wasm shared memory), each
-//! with its own mappings of the same shards. A kernel's work (a matmul's rows,
-//! attention's heads) is split among the threads; the threads spin between
-//! jobs rather than sleep, because a token is hundreds of short jobs and a
-//! sleeping hand-off costs ~22 µs each (shared/notes/wasm-threads.md), as
-//! much as a matmul.
+//! with its own mappings of the same shards. For each batch every thread
+//! enters the guest's `forward` export once; inside, the threads split each
+//! operation and meet at the guest's own barriers, so the host hands off
+//! once per batch, not once per operation. Between batches an idle worker
+//! spins briefly (the next token usually follows within microseconds), then
+//! parks: no busy core while nothing runs.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
+use shardload_guest::exports;
 use shardload_store::GuestInstance;
 
-/// One thread's share of a kernel: a call on that thread's guest instance.
-pub(crate) type Job = Box<dyn FnOnce(&mut GuestInstance) -> Result<()> + Send>;
+/// How long an idle worker spins for the next batch before parking.
+const SPIN_BEFORE_PARKING: Duration = Duration::from_micros(200);
 
-/// One worker's mailbox: a job, its sequence number, and the result.
+/// What a worker runs: the program's scratch offset and its barrier's.
 #[derive(Default)]
-struct Slot {
-    job: Mutex<Option<Job>>,
+struct Mailbox {
+    program: AtomicUsize,
+    barrier: AtomicUsize,
     posted: AtomicU64,
     done: AtomicU64,
-    error: Mutex<Option<anyhow::Error>>,
+    error: std::sync::Mutex<Option<anyhow::Error>>,
     quit: AtomicBool,
+}
+
+struct Worker {
+    mailbox: Arc<Mailbox>,
+    handle: Option<JoinHandle<()>>,
 }
 
 /// The extra threads of a session (none with `--threads 1`).
 pub(crate) struct Pool {
-    workers: Vec<(Arc<Slot>, Option<JoinHandle<()>>)>,
+    workers: Vec<Worker>,
 }
 
 impl Pool {
-    /// Starts one thread per guest instance given.
+    /// Starts one thread per guest instance given; worker k runs as thread k + 1.
     pub(crate) fn new(guests: Vec<GuestInstance>) -> Result<Pool> {
+        let threads = guests.len() + 1;
         let workers = guests
             .into_iter()
-            .map(|guest| {
-                let slot = Arc::new(Slot::default());
-                let mine = Arc::clone(&slot);
+            .enumerate()
+            .map(|(k, guest)| {
+                let mailbox = Arc::new(Mailbox::default());
+                let mine = Arc::clone(&mailbox);
                 let handle = std::thread::Builder::new()
                     .name("shardload-worker".into())
-                    .spawn(move || work(guest, &mine))?;
-                Ok((slot, Some(handle)))
+                    .spawn(move || work(guest, k + 1, threads, &mine))?;
+                Ok(Worker {
+                    mailbox,
+                    handle: Some(handle),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Pool { workers })
@@ -54,29 +67,49 @@ impl Pool {
         self.workers.len() + 1
     }
 
-    /// Runs `jobs[0]` on the calling thread's guest and `jobs[k]` on worker
-    /// k - 1 (at most [`Pool::threads`] jobs), and returns when all are done,
-    /// with the first error if any failed.
-    pub(crate) fn run(&self, guest: &mut GuestInstance, mut jobs: Vec<Job>) -> Result<()> {
-        let rest = jobs.split_off(1);
-        for ((slot, _), job) in self.workers.iter().zip(rest) {
-            *slot
-                .job
-                .lock()
-                .map_err(|_| anyhow!("worker mailbox poisoned"))? = Some(job);
-            slot.posted.fetch_add(1, Ordering::Release);
+    /// Runs the program at scratch offset `program` on every thread (thread 0
+    /// on the caller's `guest`) and returns when all have left it, with the
+    /// first thread's error if any failed (the others are aborted through
+    /// the barrier at `barrier`, which is then reset).
+    pub(crate) fn forward(
+        &self,
+        guest: &mut GuestInstance,
+        program: usize,
+        barrier: usize,
+    ) -> Result<()> {
+        for worker in &self.workers {
+            let mailbox = &worker.mailbox;
+            mailbox.program.store(program, Ordering::Relaxed);
+            mailbox.barrier.store(barrier, Ordering::Relaxed);
+            mailbox.posted.fetch_add(1, Ordering::Release);
+            if let Some(handle) = &worker.handle {
+                handle.thread().unpark();
+            }
         }
-        let mine = jobs.pop().map_or(Ok(()), |job| job(guest));
-        let mut first_error = mine.err();
-        for (slot, _) in &self.workers {
-            let posted = slot.posted.load(Ordering::Relaxed);
+        let mut first_error = forward(guest, program, barrier, 0, self.threads()).err();
+        let mut aborted = first_error.is_some();
+        for worker in &self.workers {
+            let mailbox = &worker.mailbox;
+            let posted = mailbox.posted.load(Ordering::Relaxed);
             let mut spins = 0u32;
-            while slot.done.load(Ordering::Acquire) != posted {
-                spin_or_yield(&mut spins);
+            while mailbox.done.load(Ordering::Acquire) != posted {
+                spins = spins.wrapping_add(1);
+                if spins < 4096 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
             }
-            if let Some(error) = slot.error.lock().ok().and_then(|mut e| e.take()) {
-                first_error.get_or_insert(error);
+            if let Some(error) = mailbox.error.lock().ok().and_then(|mut e| e.take()) {
+                aborted = true;
+                // A thread that saw the abort reports that; the real cause wins.
+                if first_error.as_ref().is_none_or(|e| e.is::<Aborted>()) {
+                    first_error = Some(error);
+                }
             }
+        }
+        if aborted {
+            guest.reset_barrier(barrier);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -84,52 +117,73 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for (slot, handle) in &mut self.workers {
-            slot.quit.store(true, Ordering::Release);
-            if let Some(handle) = handle.take() {
+        for worker in &mut self.workers {
+            worker.mailbox.quit.store(true, Ordering::Release);
+            if let Some(handle) = worker.handle.take() {
+                handle.thread().unpark();
                 let _ = handle.join();
             }
         }
     }
 }
 
-/// A worker's loop: spin for a job, run it, report. After a while without
-/// work (a person typing in `chat`) it naps between checks instead.
-fn work(mut guest: GuestInstance, slot: &Slot) {
-    let mut seen = 0;
-    loop {
-        let idle = Instant::now();
-        let mut spins = 0u32;
-        while slot.posted.load(Ordering::Acquire) == seen {
-            if slot.quit.load(Ordering::Acquire) {
-                return;
-            }
-            if spins.is_multiple_of(1024) && idle.elapsed() > Duration::from_millis(50) {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            spin_or_yield(&mut spins);
-        }
-        seen = slot.posted.load(Ordering::Acquire);
-        let job = slot.job.lock().ok().and_then(|mut j| j.take());
-        if let Some(Err(error)) = job.map(|job| job(&mut guest))
-            && let Ok(mut e) = slot.error.lock()
-        {
-            *e = Some(error);
-        }
-        slot.done.store(seen, Ordering::Release);
+/// A thread returned from `forward` because another thread failed.
+#[derive(Debug)]
+struct Aborted;
+
+impl std::fmt::Display for Aborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the forward pass was aborted because another thread failed")
     }
 }
 
-/// One step of a wait: spin first (a hand-off takes well under a
-/// microsecond when every thread has a core), then yield the core on each
-/// step, so that more threads than cores (another busy process, or
-/// `--threads` above the core count) slow down instead of starving the very
-/// thread being waited for.
-fn spin_or_yield(spins: &mut u32) {
-    *spins = spins.wrapping_add(1);
-    if *spins < 4096 {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
+impl std::error::Error for Aborted {}
+
+/// One thread's `forward` call; a failure raises the barrier's abort flag
+/// so that the other threads return too.
+fn forward(
+    guest: &mut GuestInstance,
+    program: usize,
+    barrier: usize,
+    thread: usize,
+    threads: usize,
+) -> Result<()> {
+    let args = (program as i32, thread as i32, threads as i32);
+    match guest.call(exports::FORWARD, args, || format!("thread {thread}")) {
+        Ok((0,)) => Ok(()),
+        Ok(_) => Err(anyhow!(Aborted)),
+        Err(error) => {
+            guest.abort_barrier(barrier)?;
+            Err(error)
+        }
+    }
+}
+
+/// A worker's loop: wait for a batch (spinning, then parked), run its share, report.
+fn work(mut guest: GuestInstance, thread: usize, threads: usize, mailbox: &Mailbox) {
+    let mut seen = 0;
+    loop {
+        let idle = Instant::now();
+        while mailbox.posted.load(Ordering::Acquire) == seen {
+            if mailbox.quit.load(Ordering::Acquire) {
+                return;
+            }
+            if idle.elapsed() < SPIN_BEFORE_PARKING {
+                std::hint::spin_loop();
+            } else {
+                std::thread::park();
+            }
+        }
+        seen = mailbox.posted.load(Ordering::Acquire);
+        let (program, barrier) = (
+            mailbox.program.load(Ordering::Relaxed),
+            mailbox.barrier.load(Ordering::Relaxed),
+        );
+        if let Err(error) = forward(&mut guest, program, barrier, thread, threads)
+            && let Ok(mut e) = mailbox.error.lock()
+        {
+            *e = Some(error);
+        }
+        mailbox.done.store(seen, Ordering::Release);
     }
 }

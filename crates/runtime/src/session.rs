@@ -1,138 +1,149 @@
-//! A session: one guest instance over the shard memories, its activations and
-//! KV cache in scratch, and the position reached. The forward pass strings the
-//! guest's exports together; the host only lays out buffers and loops.
+//! A session: guest instances over the shard memories (one per thread), the
+//! forward-pass program written into their shared scratch, and sequences,
+//! each with its own region of every KV cache. A batch mixes tokens of
+//! several sequences (one's prompt beside others' next tokens) and goes
+//! through the guest's `forward` export in one call per thread, so each
+//! weight is read once for all of them. A session may run only a range of
+//! layers: from token ids or from a residual stream passed in, to logits or
+//! to a residual stream handed out.
+
+use std::ops::Range;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use shardload_gguf::GgufFile;
-use shardload_guest::exports;
+use shardload_guest::program::{self as abi, MAX_BATCH, Opcode, PROFILE_ENTRY_BYTES, header};
 use shardload_store::{GuestInstance, WeightStore};
 
-use crate::arch::{Architecture, Hyperparameters, ModelTensors};
-use crate::pool::{Job, Pool};
+use crate::arch::{self, Hyperparameters};
+use crate::pool::Pool;
+use crate::program::{Program, ProgramBuilder};
 
-/// Tokens evaluated together in one pass over the weights (prompt processing).
-const MAX_BATCH: usize = 32;
+/// A sequence of a session: a conversation, with its own KV cache region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SequenceId(usize);
 
-/// Byte offsets of the buffers in scratch.
-#[derive(Clone, Copy, Debug)]
-struct Layout {
-    x: usize,
-    xb: usize,
-    q: usize,
-    k: usize,
-    v: usize,
-    att: usize,
-    proj: usize,
-    gate: usize,
-    up: usize,
-    logits: usize,
-    scores: usize,
-    /// Bytes of one thread's `scores` region: attention's score rows for the
-    /// query heads that share a KV head, a converted cache row, and one f32 per head.
-    scores_bytes: usize,
-    tmp: usize,
-    /// Bytes of one thread's `tmp` region (thread k's starts at `tmp + k * tmp_bytes`).
-    tmp_bytes: usize,
-    k_cache: usize,
-    v_cache: usize,
-    /// Bytes of one layer's K (or V) cache.
-    cache_layer: usize,
-    end: usize,
-}
-
-impl Layout {
-    fn new(start: usize, hp: &Hyperparameters, ctx: usize, threads: usize) -> Layout {
-        let f = 4;
-        let b = MAX_BATCH;
-        let q_width = hp.heads * hp.head_dim;
-        let kv_width = hp.kv_heads * hp.head_dim;
-        let widest = hp.embd.max(hp.ffn).max(q_width);
-        let mut at = start.next_multiple_of(64);
-        let mut take = |bytes: usize| {
-            let here = at;
-            at = (at + bytes).next_multiple_of(64);
-            here
-        };
-        let x = take(b * hp.embd * f);
-        let xb = take(b * hp.embd * f);
-        let q = take(b * q_width * f);
-        let k = take(b * kv_width * f);
-        let v = take(b * kv_width * f);
-        let att = take(b * q_width * f);
-        let proj = take(b * hp.embd * f);
-        let gate = take(b * hp.ffn * f);
-        let up = take(b * hp.ffn * f);
-        let logits = take(hp.vocab * f);
-        let group = hp.heads / hp.kv_heads;
-        let scores_bytes = ((group * ctx + hp.head_dim + group) * f).next_multiple_of(64);
-        let scores = take(scores_bytes * threads);
-        let tmp_bytes = (b * widest * 2 + widest * 4).next_multiple_of(64);
-        let tmp = take(tmp_bytes * threads);
-        let cache_layer = ctx * kv_width * 2;
-        let k_cache = take(cache_layer * hp.layers);
-        let v_cache = take(cache_layer * hp.layers);
-        Layout {
-            x,
-            xb,
-            q,
-            k,
-            v,
-            att,
-            proj,
-            gate,
-            up,
-            logits,
-            scores,
-            scores_bytes,
-            tmp,
-            tmp_bytes,
-            k_cache,
-            v_cache,
-            cache_layer,
-            end: at,
-        }
+impl SequenceId {
+    /// The sequence's slot (its KV cache region), 0-based.
+    pub fn slot(self) -> usize {
+        self.0
     }
 }
 
-/// A model loaded into a guest, with its KV cache.
+/// How a session is laid out.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Tokens each sequence can hold.
+    pub ctx: usize,
+    /// Threads (guest instances) that split each operation.
+    pub threads: usize,
+    /// Sequences that can be live at once (each reserves `ctx` tokens of KV cache).
+    pub sequences: usize,
+    /// The layers this session runs (`None`: all of them, tokens to logits).
+    pub layers: Option<Range<usize>>,
+}
+
+/// What a batch through a session's layers gives.
+#[derive(Clone, Debug)]
+pub enum StageOutput {
+    /// Logits after the last token of each batch entry, in entry order.
+    Logits(Vec<Vec<f32>>),
+    /// The residual stream after the session's last layer: one row of the
+    /// embedding width per token of the batch, in batch order.
+    Residual(Vec<f32>),
+}
+
+/// A sequence's tokens, and how many of them the KV cache holds.
+struct Sequence {
+    tokens: Vec<u32>,
+    cached: usize,
+}
+
+/// A model loaded into guests, with the KV caches of its sequences.
 pub struct Session {
     guest: GuestInstance,
     pool: Pool,
     hp: Hyperparameters,
-    tensors: ModelTensors,
-    layout: Layout,
+    program: Program,
     ctx: usize,
-    /// Tokens evaluated so far (the KV cache holds them).
-    tokens: Vec<u32>,
+    layers: Range<usize>,
+    sequences: Vec<Option<Sequence>>,
+    profiling: bool,
 }
 
 impl Session {
-    /// Instantiates a guest from `store` (one per thread, all sharing one
-    /// scratch memory) and lays out scratch for a context of `ctx` tokens.
-    /// `file` is the model's first GGUF file (its metadata).
+    /// A session of one sequence over all layers (what `generate` and `chat`
+    /// use): [`Session::eval`], [`Session::truncate`] and
+    /// [`Session::position`] work on it. `file` is the model's first GGUF file.
     pub fn new(
         store: &WeightStore,
         file: &GgufFile,
         ctx: usize,
         threads: usize,
     ) -> Result<Session> {
-        let hp = Hyperparameters::read(file)?;
+        let mut session = Session::with_options(
+            store,
+            file,
+            &SessionOptions {
+                ctx,
+                threads,
+                sequences: 1,
+                layers: None,
+            },
+        )?;
+        session.create_sequence()?;
+        Ok(session)
+    }
+
+    /// Instantiates a guest from `store` per thread (all sharing one scratch
+    /// memory), builds the forward-pass program of `file`'s architecture for
+    /// the chosen layers and writes it into scratch.
+    pub fn with_options(
+        store: &WeightStore,
+        file: &GgufFile,
+        options: &SessionOptions,
+    ) -> Result<Session> {
+        let arch = arch::read(file)?;
+        let hp = arch.hyperparameters().clone();
+        let &SessionOptions {
+            ctx,
+            threads,
+            sequences,
+            ..
+        } = options;
         if ctx == 0 {
             bail!("--ctx must be at least 1");
         }
-        let tensors = ModelTensors::find(store.plan(), &hp)?;
         if threads == 0 || threads > 256 {
             bail!("--threads must be between 1 and 256, not {threads}");
         }
-        let (mut guest, _) = store.instantiate()?;
-        let layout = Layout::new(guest.scratch_free(), &hp, ctx, threads);
-        if layout.end > u32::MAX as usize {
+        if sequences == 0 || sequences > 4096 {
+            bail!("sequences must be between 1 and 4096, not {sequences}");
+        }
+        let layers = options.layers.clone().unwrap_or(0..hp.layers);
+        if layers.start >= layers.end || layers.end > hp.layers {
             bail!(
-                "a context of {ctx} tokens needs {:.1} GiB of guest memory, past the 4 GiB of a 32-bit memory; use a smaller --ctx",
-                layout.end as f64 / f64::from(1 << 30)
+                "layers {}..{} are not a range of the model's {} layers",
+                layers.start,
+                layers.end,
+                hp.layers
             );
         }
-        guest.ensure_scratch(layout.end)?;
+        let mut builder = ProgramBuilder::new(store.plan(), &hp, ctx);
+        if layers.start == 0 {
+            arch.embed(&mut builder)?;
+        }
+        for layer in layers.clone() {
+            arch.layer(layer, &mut builder)?;
+        }
+        if layers.end == hp.layers {
+            builder.gather_outputs();
+            arch.head(&mut builder)?;
+        }
+        let (mut guest, _) = store.instantiate()?;
+        let program = builder.finish(guest.scratch_free(), threads, sequences)?;
+        guest.ensure_scratch(program.end)?;
+        guest.write_bytes(program.at, &program.bytes)?;
         let workers = (1..threads)
             .map(|_| store.instantiate_sharing(&guest))
             .collect::<Result<Vec<_>>>()?;
@@ -140,10 +151,11 @@ impl Session {
             guest,
             pool: Pool::new(workers)?,
             hp,
-            tensors,
-            layout,
+            program,
             ctx,
-            tokens: Vec::new(),
+            layers,
+            sequences: (0..sequences).map(|_| None).collect(),
+            profiling: false,
         })
     }
 
@@ -152,255 +164,327 @@ impl Session {
         &self.hp
     }
 
-    /// The context size in tokens.
+    /// The context size of each sequence, in tokens.
     pub fn ctx(&self) -> usize {
         self.ctx
     }
 
-    /// Tokens in the KV cache.
-    pub fn position(&self) -> usize {
-        self.tokens.len()
+    /// The layers this session runs.
+    pub fn layers(&self) -> Range<usize> {
+        self.layers.clone()
     }
 
-    /// Bytes of guest scratch memory this session uses (activations and KV cache).
+    /// Bytes of guest scratch memory this session uses (program, activations, KV caches).
     pub fn scratch_bytes(&self) -> usize {
-        self.layout.end
+        self.program.end
     }
 
-    /// Starts counting time per guest export on this thread's instance (with
-    /// one thread, that is all the model's work).
-    pub fn set_profiling(&mut self, on: bool) {
-        self.guest.set_profiling(on);
+    /// Bytes of KV cache, all sequences and layers together.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.program.cache_bytes
     }
 
-    /// Calls and time per export since profiling started, slowest first.
-    pub fn profile(&self) -> Vec<(&'static str, u64, std::time::Duration)> {
-        self.guest.profile()
+    /// Starts (or stops) timing each operation of the program in the guest
+    /// (thread 0's view, including its wait at the barrier after it).
+    pub fn set_profiling(&mut self, on: bool) -> Result<()> {
+        let table = Opcode::ALL.len() * PROFILE_ENTRY_BYTES;
+        self.guest
+            .write_bytes(self.program.profile, &vec![0; table])?;
+        let at = if on { self.program.profile as u32 } else { 0 };
+        self.guest
+            .write_bytes(self.program.at + header::PROFILE_AT, &at.to_le_bytes())?;
+        self.profiling = on;
+        Ok(())
     }
 
-    /// Forgets every token from `position` on (the cache keeps the prefix).
-    pub fn truncate(&mut self, position: usize) {
-        self.tokens.truncate(position);
-    }
-
-    /// Evaluates `tokens` after the ones already in the cache and returns the
-    /// logits after the last of them. Batches of up to 32 tokens go through
-    /// each layer together.
-    pub fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            bail!("nothing to evaluate: the prompt is empty");
+    /// Calls and time per operation since profiling started, slowest first.
+    pub fn profile(&self) -> Vec<(&'static str, u64, Duration)> {
+        if !self.profiling {
+            return Vec::new();
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.hp.vocab) {
-            bail!(
-                "token id {bad} is out of range: the vocabulary has {} tokens",
-                self.hp.vocab
-            );
-        }
-        if self.tokens.len() + tokens.len() > self.ctx {
-            bail!(
-                "the context is full: {} tokens in the cache + {} new > --ctx {}",
-                self.tokens.len(),
-                tokens.len(),
-                self.ctx
-            );
-        }
-        for chunk in tokens.chunks(MAX_BATCH) {
-            self.forward(chunk)?;
-            self.tokens.extend_from_slice(chunk);
-        }
-        let (hp, l) = (&self.hp, self.layout);
-        let last = l.x + (tokens.len() - 1) % MAX_BATCH * hp.embd * 4;
-        let (eps, norm, output, vocab, embd) = (
-            hp.rms_eps,
-            self.tensors.output_norm,
-            self.tensors.output,
-            hp.vocab,
-            hp.embd,
+        let table = self.guest.read_bytes(
+            self.program.profile,
+            Opcode::ALL.len() * PROFILE_ENTRY_BYTES,
         );
-        self.call_norm(last, 1, embd, eps, norm, l.xb)?;
-        self.matmul(output, vocab, l.xb, 1, l.logits, vocab)?;
-        Ok(self.guest.read_f32s(l.logits, vocab))
+        let f64_at = |at: usize| f64::from_le_bytes(table[at..at + 8].try_into().unwrap_or([0; 8]));
+        let mut rows: Vec<_> = Opcode::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let at = i * PROFILE_ENTRY_BYTES;
+                (
+                    op.name(),
+                    f64_at(at) as u64,
+                    Duration::from_nanos(f64_at(at + 8) as u64),
+                )
+            })
+            .filter(|row| row.1 > 0)
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+        rows
     }
 
-    /// One batch through every layer, leaving the residual stream in `x`.
-    fn forward(&mut self, batch: &[u32]) -> Result<()> {
-        let hp = self.hp.clone();
-        let l = self.layout;
-        let n = batch.len();
-        let pos0 = self.tokens.len();
-        let (q_width, kv_width) = (hp.heads * hp.head_dim, hp.kv_heads * hp.head_dim);
-        for (b, &token) in batch.iter().enumerate() {
-            let args = (
-                self.tensors.embd,
-                i64::from(token),
-                1i64,
-                (l.x + b * hp.embd * 4) as i32,
+    /// Starts a new, empty sequence in a free slot.
+    pub fn create_sequence(&mut self) -> Result<SequenceId> {
+        let Some(slot) = self.sequences.iter().position(Option::is_none) else {
+            bail!(
+                "all {} sequences of this session are in use",
+                self.sequences.len()
             );
-            self.guest.call(exports::DEQUANTIZE, args, || {
-                format!("embedding row {token}")
-            })?;
-        }
-        let gemma = hp.arch == Architecture::Gemma3;
-        if gemma {
-            // Gemma scales the embeddings by sqrt(n_embd) (f32, as ggml_scale).
-            let args = (l.x as i32, (n * hp.embd) as i32, (hp.embd as f32).sqrt());
-            self.guest
-                .call(exports::SCALE, args, || "embedding scale".into())?;
-        }
-        let scale = hp.attention_scale;
-        for layer in 0..self.tensors.layers.len() {
-            let t = self.tensors.layers[layer];
-            let what = || format!("layer {layer}");
-            let (window, rope_base) = hp.layer_attention[layer];
-            let k_cache = (l.k_cache + layer * l.cache_layer) as i32;
-            let v_cache = (l.v_cache + layer * l.cache_layer) as i32;
-            self.call_norm(l.x, n, hp.embd, hp.rms_eps, t.attn_norm, l.xb)?;
-            self.matmul(t.q, q_width, l.xb, n, l.q, q_width)?;
-            self.matmul(t.k, kv_width, l.xb, n, l.k, kv_width)?;
-            self.matmul(t.v, kv_width, l.xb, n, l.v, kv_width)?;
-            if gemma {
-                // Per-head RMSNorm of queries and keys.
-                self.call_norm(l.q, n * hp.heads, hp.head_dim, hp.rms_eps, t.q_norm, l.q)?;
-                self.call_norm(l.k, n * hp.kv_heads, hp.head_dim, hp.rms_eps, t.k_norm, l.k)?;
-            }
-            for (at, heads) in [(l.q, hp.heads), (l.k, hp.kv_heads)] {
-                let args = (
-                    at as i32,
-                    n as i32,
-                    heads as i32,
-                    hp.head_dim as i32,
-                    pos0 as i32,
-                    rope_base,
-                    i32::from(gemma),
-                    self.tensors.rope_factors,
-                );
-                self.guest.call(exports::ROPE, args, what)?;
-            }
-            let args = (
-                l.k as i32,
-                l.v as i32,
-                n as i32,
-                kv_width as i32,
-                k_cache,
-                v_cache,
-                pos0 as i32,
-            );
-            self.guest.call(exports::STORE_KV, args, what)?;
-            // Query heads shared out among the threads, each with its own scores.
-            let threads = self.pool.threads();
-            let jobs: Vec<Job> = (0..threads)
-                .map(|k| {
-                    let args = (
-                        l.q as i32,
-                        n as i32,
-                        pos0 as i32,
-                        hp.heads as i32,
-                        hp.kv_heads as i32,
-                        hp.head_dim as i32,
-                        k_cache,
-                        v_cache,
-                        scale,
-                        window as i32,
-                        (l.scores + k * l.scores_bytes) as i32,
-                        l.att as i32,
-                        (hp.heads * k / threads) as i32,
-                        (hp.heads * (k + 1) / threads) as i32,
-                    );
-                    Box::new(move |guest: &mut GuestInstance| {
-                        guest.call(exports::ATTENTION, args, || format!("layer {layer}"))
-                    }) as Job
-                })
-                .collect();
-            self.pool.run(&mut self.guest, jobs)?;
-            self.matmul(t.o, hp.embd, l.att, n, l.proj, hp.embd)?;
-            if gemma {
-                self.call_norm(
-                    l.proj,
-                    n,
-                    hp.embd,
-                    hp.rms_eps,
-                    t.post_attention_norm,
-                    l.proj,
-                )?;
-            }
-            self.add(l.x, l.proj, n * hp.embd)?;
-            self.call_norm(l.x, n, hp.embd, hp.rms_eps, t.ffn_norm, l.xb)?;
-            self.matmul(t.gate, hp.ffn, l.xb, n, l.gate, hp.ffn)?;
-            self.matmul(t.up, hp.ffn, l.xb, n, l.up, hp.ffn)?;
-            let args = (
-                l.gate as i32,
-                l.up as i32,
-                (n * hp.ffn) as i32,
-                l.gate as i32,
-            );
-            let activation = if gemma {
-                exports::GELU_MUL
+        };
+        self.sequences[slot] = Some(Sequence {
+            tokens: Vec::new(),
+            cached: 0,
+        });
+        Ok(SequenceId(slot))
+    }
+
+    /// Ends a sequence; its slot and KV cache region go to the next one created.
+    pub fn free_sequence(&mut self, id: SequenceId) -> Result<()> {
+        self.sequence(id)?;
+        self.sequences[id.0] = None;
+        Ok(())
+    }
+
+    /// The tokens a sequence holds.
+    pub fn sequence_tokens(&self, id: SequenceId) -> Result<&[u32]> {
+        Ok(&self.sequence(id)?.tokens)
+    }
+
+    /// Forgets a sequence's tokens from `position` on. The cache keeps the
+    /// prefix; where a sliding-window ring no longer holds what the prefix's
+    /// next token needs, the prefix is evaluated again with the next batch.
+    pub fn truncate_sequence(&mut self, id: SequenceId, position: usize) -> Result<()> {
+        let from_tokens = self.layers.start == 0;
+        let rings = self.program.rings.clone();
+        let seq = self.sequence_mut(id)?;
+        seq.tokens.truncate(position);
+        let position = seq.tokens.len();
+        if seq.cached > position {
+            // Position p's attention needs p - window + 1 .. p; a ring of
+            // `capacity` holds the latest `capacity` positions written.
+            let kept = rings.iter().all(|&(capacity, window)| {
+                seq.cached <= capacity || position + capacity + 1 >= seq.cached + window
+            });
+            if kept {
+                seq.cached = position;
+            } else if from_tokens {
+                seq.cached = 0;
             } else {
-                exports::SILU_MUL
-            };
-            self.guest.call(activation, args, what)?;
-            self.matmul(t.down, hp.embd, l.gate, n, l.proj, hp.embd)?;
-            if gemma {
-                self.call_norm(l.proj, n, hp.embd, hp.rms_eps, t.post_ffn_norm, l.proj)?;
+                let cached = seq.cached;
+                seq.tokens.clear();
+                seq.cached = 0;
+                bail!(
+                    "cannot go back from {cached} to {position} tokens: a sliding-window cache no longer \
+                     holds them and this session takes residuals, not tokens; the sequence is now empty"
+                );
             }
-            self.add(l.x, l.proj, n * hp.embd)?;
         }
         Ok(())
     }
 
-    fn call_norm(
-        &mut self,
-        x: usize,
-        rows: usize,
-        n: usize,
-        eps: f32,
-        weight: i32,
-        out: usize,
-    ) -> Result<()> {
-        let args = (x as i32, rows as i32, n as i32, eps, weight, out as i32);
-        self.guest
-            .call(exports::RMS_NORM, args, || format!("tensor {weight}"))
+    fn sequence(&self, id: SequenceId) -> Result<&Sequence> {
+        match self.sequences.get(id.0) {
+            Some(Some(seq)) => Ok(seq),
+            _ => bail!("sequence {} does not exist", id.0),
+        }
     }
 
-    /// `Y[b] = W · X[b]` for `batch` inputs at `x`, all `rows` rows of W.
-    /// `Y[b] = W · X[b]` for `batch` inputs at `x`, all `rows` rows of W,
-    /// the rows split evenly among the threads (each with its own `tmp`).
-    fn matmul(
+    fn sequence_mut(&mut self, id: SequenceId) -> Result<&mut Sequence> {
+        match self.sequences.get_mut(id.0) {
+            Some(Some(seq)) => Ok(seq),
+            _ => bail!("sequence {} does not exist", id.0),
+        }
+    }
+
+    /// Appends each entry's tokens to its sequence and returns the logits
+    /// after each entry's last token, in entry order. The entries' tokens
+    /// go through the layers together, in batches of up to 32 tokens.
+    pub fn decode(&mut self, batch: &[(SequenceId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        match self.run(batch, None)? {
+            StageOutput::Logits(logits) => Ok(logits),
+            StageOutput::Residual(_) => bail!(
+                "this session runs layers {}..{} of {}, not to the logits",
+                self.layers.start,
+                self.layers.end,
+                self.hp.layers
+            ),
+        }
+    }
+
+    /// Runs a batch through this session's layers: from its token ids (a
+    /// session starting at layer 0; `residual` is `None`) or from `residual`
+    /// (one embedding-width row per token, in batch order), to logits (a
+    /// session ending at the last layer) or to the residual stream. Nothing
+    /// runs if any entry is refused.
+    pub fn run(
         &mut self,
-        weight: i32,
-        rows: usize,
-        x: usize,
-        batch: usize,
-        y: usize,
-        y_stride: usize,
+        batch: &[(SequenceId, &[u32])],
+        residual: Option<&[f32]>,
+    ) -> Result<StageOutput> {
+        let tokens: usize = batch.iter().map(|(_, t)| t.len()).sum();
+        self.check(batch, tokens, residual)?;
+        // Every token to evaluate: a sequence's pending prefix (after a deep
+        // truncation), then its new tokens; the last one of each entry gives
+        // its output.
+        let to_logits = self.layers.end == self.hp.layers;
+        let mut work: Vec<(u32, usize, usize, Option<usize>)> = Vec::new();
+        for (entry, &(id, new)) in batch.iter().enumerate() {
+            let seq = self.sequence(id)?;
+            let pending = &seq.tokens[seq.cached..];
+            let all = pending.iter().chain(new.iter());
+            let count = pending.len() + new.len();
+            for (i, &token) in all.enumerate() {
+                let output = (to_logits && i + 1 == count).then_some(entry);
+                work.push((token, id.0, seq.cached + i, output));
+            }
+        }
+        let mut logits = vec![Vec::new(); batch.len()];
+        let mut stream = Vec::new();
+        let mut done_rows = 0;
+        let result = (|| -> Result<()> {
+            for chunk in work.chunks(MAX_BATCH) {
+                self.write_batch(chunk)?;
+                if let Some(rows) = residual {
+                    let width = self.hp.embd;
+                    let rows = &rows[done_rows * width..(done_rows + chunk.len()) * width];
+                    self.guest.write_f32s(self.program.residual, rows)?;
+                }
+                self.pool
+                    .forward(&mut self.guest, self.program.at, self.program.barrier)?;
+                let vocab = self.hp.vocab;
+                let outputs = chunk.iter().filter_map(|w| w.3);
+                for (row, entry) in outputs.enumerate() {
+                    logits[entry] = self
+                        .guest
+                        .read_f32s(self.program.logits + row * vocab * 4, vocab);
+                }
+                if !to_logits {
+                    stream.extend(
+                        self.guest
+                            .read_f32s(self.program.residual, chunk.len() * self.hp.embd),
+                    );
+                }
+                done_rows += chunk.len();
+            }
+            Ok(())
+        })();
+        let rings = !self.program.rings.is_empty();
+        for &(id, new) in batch {
+            let seq = self.sequence_mut(id)?;
+            if result.is_ok() {
+                seq.tokens.extend_from_slice(new);
+                seq.cached = seq.tokens.len();
+            } else if rings {
+                // A failed batch may have overwritten ring positions the
+                // prefix still needs: evaluate it again next time.
+                seq.cached = 0;
+            }
+        }
+        result?;
+        Ok(if to_logits {
+            StageOutput::Logits(logits)
+        } else {
+            StageOutput::Residual(stream)
+        })
+    }
+
+    /// Refuses a batch before anything runs: unknown or repeated sequences,
+    /// empty entries, token ids past the vocabulary, a full context, or a
+    /// residual that is missing, unexpected or of the wrong length.
+    fn check(
+        &self,
+        batch: &[(SequenceId, &[u32])],
+        tokens: usize,
+        residual: Option<&[f32]>,
     ) -> Result<()> {
-        let threads = self.pool.threads();
-        let jobs: Vec<Job> = (0..threads)
-            .map(|k| {
-                let (first, end) = (rows * k / threads, rows * (k + 1) / threads);
-                let args = (
-                    weight,
-                    first as i64,
-                    (end - first) as i64,
-                    x as i32,
-                    batch as i32,
-                    (y + first * 4) as i32,
-                    y_stride as i32,
-                    (self.layout.tmp + k * self.layout.tmp_bytes) as i32,
+        if batch.is_empty() {
+            bail!("nothing to evaluate: the batch is empty");
+        }
+        for (i, &(id, new)) in batch.iter().enumerate() {
+            let seq = self.sequence(id)?;
+            if batch[..i].iter().any(|(other, _)| *other == id) {
+                bail!("sequence {} appears twice in one batch", id.0);
+            }
+            if new.is_empty() {
+                bail!("nothing to evaluate: the prompt is empty");
+            }
+            if let Some(&bad) = new.iter().find(|&&t| t as usize >= self.hp.vocab) {
+                bail!(
+                    "token id {bad} is out of range: the vocabulary has {} tokens",
+                    self.hp.vocab
                 );
-                Box::new(move |guest: &mut GuestInstance| {
-                    guest.call(exports::MATMUL, args, || format!("tensor {weight}"))
-                }) as Job
-            })
-            .collect();
-        self.pool.run(&mut self.guest, jobs)
+            }
+            if seq.tokens.len() + new.len() > self.ctx {
+                bail!(
+                    "the context is full: {} tokens in the cache + {} new > --ctx {}",
+                    seq.tokens.len(),
+                    new.len(),
+                    self.ctx
+                );
+            }
+        }
+        match (self.layers.start == 0, residual) {
+            (true, None) => {}
+            (true, Some(_)) => bail!("this session starts from token ids, not a residual stream"),
+            (false, None) => bail!(
+                "this session starts at layer {}: it needs the residual stream of layers 0..{}",
+                self.layers.start,
+                self.layers.start
+            ),
+            (false, Some(rows)) => {
+                if rows.len() != tokens * self.hp.embd {
+                    bail!(
+                        "the residual stream has {} values, expected {tokens} tokens x {}",
+                        rows.len(),
+                        self.hp.embd
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn add(&mut self, a: usize, b: usize, n: usize) -> Result<()> {
-        self.guest.call(
-            exports::ADD,
-            (a as i32, b as i32, n as i32, a as i32),
-            || "residual".into(),
-        )
+    /// Writes one batch descriptor: token ids, sequence slots, positions and
+    /// the rows whose logits are wanted.
+    fn write_batch(&mut self, chunk: &[(u32, usize, usize, Option<usize>)]) -> Result<()> {
+        let mut bytes = vec![0u8; abi::batch::SIZE];
+        let mut put = |at: usize, value: u32| bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        let outputs: Vec<usize> = (0..chunk.len()).filter(|&r| chunk[r].3.is_some()).collect();
+        put(abi::batch::TOKENS, chunk.len() as u32);
+        put(abi::batch::OUTPUTS, outputs.len() as u32);
+        for (row, &(token, slot, position, _)) in chunk.iter().enumerate() {
+            put(abi::batch::IDS + 4 * row, token);
+            put(abi::batch::SEQS + 4 * row, slot as u32);
+            put(abi::batch::POSITIONS + 4 * row, position as u32);
+        }
+        for (j, &row) in outputs.iter().enumerate() {
+            put(abi::batch::OUTPUT_ROWS + 4 * j, row as u32);
+        }
+        self.guest.write_bytes(self.program.batch, &bytes)
+    }
+
+    /// The first sequence (the one [`Session::new`] creates).
+    fn first(&self) -> SequenceId {
+        SequenceId(0)
+    }
+
+    /// Tokens in the first sequence.
+    pub fn position(&self) -> usize {
+        self.sequence(self.first()).map_or(0, |s| s.tokens.len())
+    }
+
+    /// Forgets every token of the first sequence from `position` on.
+    pub fn truncate(&mut self, position: usize) {
+        // The first sequence exists and starts from tokens, so this cannot fail.
+        let _ = self.truncate_sequence(self.first(), position);
+    }
+
+    /// Evaluates `tokens` after the first sequence's and returns the logits
+    /// after the last of them.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let first = self.first();
+        let mut logits = self.decode(&[(first, tokens)])?;
+        Ok(logits.pop().unwrap_or_default())
     }
 }

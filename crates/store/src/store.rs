@@ -4,7 +4,8 @@
 use std::cell::UnsafeCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -244,6 +245,9 @@ impl WeightStore {
                 *memory,
             )?;
         }
+        linker.func_wrap(abi::IMPORT_MODULE, abi::CLOCK_IMPORT, || {
+            CLOCK_ORIGIN.elapsed().as_nanos() as f64
+        })?;
         let instance = linker.instantiate(&mut store, &self.guest)?;
         let funcs = EXPORTS
             .iter()
@@ -475,10 +479,50 @@ impl GuestInstance {
 
     /// Copies f32 values into scratch at byte offset `at` (growing it as needed).
     pub fn write_f32s(&mut self, at: usize, values: &[f32]) -> Result<()> {
-        self.ensure_scratch(at + values.len() * 4)?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        write_shared(&self.scratch, at, &bytes);
+        self.write_bytes(at, &bytes)
+    }
+
+    /// Copies bytes into scratch at byte offset `at` (growing it as needed):
+    /// how a host writes a program and its batches.
+    pub fn write_bytes(&mut self, at: usize, bytes: &[u8]) -> Result<()> {
+        self.ensure_scratch(at + bytes.len())?;
+        write_shared(&self.scratch, at, bytes);
         Ok(())
+    }
+
+    /// Raises the abort flag of the program barrier at scratch offset `at`
+    /// and wakes every thread parked on it (guest/README.md, "Barriers"):
+    /// what a thread whose call failed does, so the others return instead
+    /// of waiting for it forever.
+    pub fn abort_barrier(&self, at: usize) -> Result<()> {
+        use shardload_guest::program::barrier;
+        self.atomic(at + barrier::ABORT).store(1, Ordering::SeqCst);
+        self.atomic(at + barrier::GENERATION)
+            .fetch_add(1, Ordering::SeqCst);
+        self.scratch
+            .atomic_notify((at + barrier::GENERATION) as u64, u32::MAX)
+            .map_err(anyhow::Error::from)
+            .context("cannot wake the guest's threads")?;
+        Ok(())
+    }
+
+    /// Clears the barrier at `at` after an aborted run, once every thread has
+    /// returned, so the next run starts from no arrivals and no abort.
+    pub fn reset_barrier(&self, at: usize) {
+        use shardload_guest::program::barrier;
+        self.atomic(at + barrier::COUNT).store(0, Ordering::SeqCst);
+        self.atomic(at + barrier::ABORT).store(0, Ordering::SeqCst);
+    }
+
+    /// The aligned scratch word at `at` as an atomic, shared with the guest's threads.
+    fn atomic(&self, at: usize) -> &AtomicU32 {
+        let cells = &self.scratch.data()[at..at + 4];
+        assert!(at.is_multiple_of(4), "unaligned atomic at {at}");
+        // SAFETY: four bytes of the shared memory (bounds checked above),
+        // 4-aligned (the memory's base is page-aligned); the guest accesses
+        // this word only with wasm atomics, which are these same atomics.
+        unsafe { &*UnsafeCell::raw_get(cells.as_ptr()).cast::<AtomicU32>() }
     }
 
     /// Grows scratch so that bytes `[0, end)` exist: callers lay out their
@@ -494,7 +538,15 @@ impl GuestInstance {
 
     /// `count` f32 values from scratch at byte offset `at` (which must exist).
     pub fn read_f32s(&self, at: usize, count: usize) -> Vec<f32> {
-        let cells = &self.scratch.data()[at..at + count * 4];
+        self.read_bytes(at, count * 4)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    /// `len` bytes of scratch from byte offset `at` (which must exist).
+    pub fn read_bytes(&self, at: usize, len: usize) -> Vec<u8> {
+        let cells = &self.scratch.data()[at..at + len];
         let mut bytes = vec![0u8; cells.len()];
         // SAFETY: the cells are `count * 4` bytes of the shared memory (the
         // slice bounds are checked above); a guest writing concurrently could
@@ -507,9 +559,6 @@ impl GuestInstance {
             );
         }
         bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
     }
 
     /// The guest's own routing of a logical offset: `None` where no tensor lies.
@@ -579,6 +628,9 @@ fn write_shared(memory: &SharedMemory, at: usize, bytes: &[u8]) {
         );
     }
 }
+
+/// Where the guest's profiling clock (`shardload.now`) counts from.
+static CLOCK_ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// A tensor index as the guest's i32.
 fn tensor_id(tensor: usize) -> Result<i32> {
