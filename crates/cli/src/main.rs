@@ -224,6 +224,10 @@ struct StoreArgs {
     /// How shard memories get their bytes: mapped from the file (zero copy) or copied into host memories.
     #[arg(long, value_enum, default_value_t = LoadArg::Mmap)]
     load: LoadArg,
+    /// Compile the guest anew instead of loading it from the cache of compiled guests
+    /// ($SHARDLOAD_CACHE_DIR, else $XDG_CACHE_HOME/shardload, else ~/.cache/shardload).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 /// Where a command's plan comes from: a plan file, or planning now.
@@ -262,7 +266,15 @@ impl StoreArgs {
         &self,
         model: &shardload_store::OpenModel,
     ) -> anyhow::Result<shardload_store::WeightStore> {
-        shardload_store::WeightStore::new(self.plan(model)?, self.mode())
+        shardload_store::WeightStore::with_options(self.plan(model)?, self.mode(), None, &self.cache())
+    }
+
+    fn cache(&self) -> shardload_store::GuestCache {
+        if self.no_cache {
+            shardload_store::GuestCache::Off
+        } else {
+            shardload_store::GuestCache::default()
+        }
     }
 }
 

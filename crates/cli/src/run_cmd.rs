@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 use shard_planner::Plan;
-use shardload_store::{LoadMode, MemoryUsage, OpenModel, WeightStore};
+use shardload_store::{CompileSource, LoadMode, MemoryUsage, OpenModel, WeightStore};
 
 use crate::units::human;
 use crate::{RunArgs, check_model_exists};
@@ -32,8 +32,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
 
     let mode = args.store.mode();
     let started = Instant::now();
-    let mut store = WeightStore::new(plan, mode)?;
+    let mut store = WeightStore::with_options(plan, mode, None, &args.store.cache())?;
     let compile_time = started.elapsed();
+    let cached = store.compile_source() == CompileSource::Cached;
     let bar = (mode == LoadMode::Copy).then(|| copy_progress(store.plan(), args.instances.max(1)));
     if let Some(bar) = &bar {
         let bar = bar.clone();
@@ -103,6 +104,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 "plan": ms(plan_time),
                 "load": ms(timings.load()),
                 "compile": ms(compile_time),
+                "compile_cached": cached,
                 "instantiate": ms(timings.instantiate),
                 "ready": ms(ready),
                 "verify": ms(verified.total),
@@ -167,7 +169,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         );
         println!();
         println!(
-            "ready     {:.1} ms = plan {:.1} + {} {:.1} + compile {:.1} + instantiate {:.1}",
+            "ready     {:.1} ms = plan {:.1} + {} {:.1} + {} {:.1} + instantiate {:.1}",
             ms(ready),
             ms(plan_time),
             if mode == LoadMode::Mmap {
@@ -176,6 +178,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 "copy"
             },
             ms(timings.load()),
+            if cached { "cached guest" } else { "compile" },
             ms(compile_time),
             ms(timings.instantiate)
         );

@@ -1,12 +1,14 @@
 //! The weight store: opens a model, plans it, and builds wasmtime memory64
 //! shard memories (mapped from the file or copied) for a multi-memory guest.
 
+mod cache;
 mod fault;
 mod memory;
 mod model;
 mod store;
 mod usage;
 
+pub use cache::{CompileSource, GuestCache};
 pub use memory::{LoadMode, Progress};
 pub use model::OpenModel;
 pub use shardload_guest::DotProduct;

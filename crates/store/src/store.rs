@@ -19,6 +19,7 @@ use wasmtime::{
 };
 use xxhash_rust::xxh64::Xxh64;
 
+use crate::cache::{CompileSource, GuestCache};
 use crate::fault;
 use crate::memory::{LoadMode, MappedCreator, MemoryBuilder, Progress};
 use crate::usage::available_memory;
@@ -36,6 +37,7 @@ pub struct WeightStore {
     files: Vec<Arc<File>>,
     mode: LoadMode,
     dot: DotProduct,
+    source: CompileSource,
 }
 
 /// Where the time to make one guest instance went.
@@ -86,11 +88,12 @@ pub fn routing_tables(plan: &Plan) -> Vec<u8> {
 }
 
 impl WeightStore {
-    /// Compiles the guest for the plan's shard count and opens the model files.
-    /// The plan must already have been checked against the model. matvec
-    /// uses relaxed SIMD's dot product if this engine compiles it, else plain SIMD128.
+    /// Compiles the guest for the plan's shard count (or loads it from the
+    /// default [`GuestCache`]) and opens the model files. The plan must
+    /// already have been checked against the model. matvec uses relaxed
+    /// SIMD's dot product if this engine compiles it, else plain SIMD128.
     pub fn new(plan: Plan, mode: LoadMode) -> Result<WeightStore> {
-        WeightStore::with_dot_product(plan, mode, None)
+        WeightStore::with_options(plan, mode, None, &GuestCache::default())
     }
 
     /// [`WeightStore::new`] with matvec's dot product chosen by the caller
@@ -99,6 +102,17 @@ impl WeightStore {
         plan: Plan,
         mode: LoadMode,
         dot: Option<DotProduct>,
+    ) -> Result<WeightStore> {
+        WeightStore::with_options(plan, mode, dot, &GuestCache::default())
+    }
+
+    /// [`WeightStore::with_dot_product`] with the compiled guest kept in
+    /// `cache` (or compiled every time with [`GuestCache::Off`]).
+    pub fn with_options(
+        plan: Plan,
+        mode: LoadMode,
+        dot: Option<DotProduct>,
+        cache: &GuestCache,
     ) -> Result<WeightStore> {
         let creator = Arc::new(MappedCreator::default());
         let mut config = Config::new();
@@ -113,12 +127,14 @@ impl WeightStore {
         let engine = wasm(Engine::new(&config)).context("cannot configure wasmtime")?;
         let shards = u32::try_from(plan.shards.len()).context("too many shards")?;
         let types = guest_types(&plan);
-        let compile = |dot| -> Result<Module> {
+        let compile = |dot| -> Result<(Module, CompileSource)> {
             let module = shardload_guest::guest_wasm(shards, &types, dot)
                 .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
-            wasm(Module::new(&engine, module)).context("cannot compile the guest")
+            cache
+                .module(&engine, &module)
+                .context("cannot compile the guest")
         };
-        let (guest, dot) = match dot {
+        let ((guest, source), dot) = match dot {
             Some(dot) => (compile(dot)?, dot),
             None => match compile(DotProduct::Relaxed) {
                 Ok(guest) => (guest, DotProduct::Relaxed),
@@ -154,7 +170,13 @@ impl WeightStore {
             files,
             mode,
             dot,
+            source,
         })
+    }
+
+    /// Whether the guest was compiled or loaded from the cache.
+    pub fn compile_source(&self) -> CompileSource {
+        self.source
     }
 
     /// The integer dot product the guest's matvec was compiled with.
