@@ -4,7 +4,9 @@
 
 use serde_json::Value;
 use shard_planner::PlanOptions;
-use shardload_runtime::{Hyperparameters, Sampler, SamplerConfig, Session};
+use shardload_runtime::{
+    Hyperparameters, Sampler, SamplerConfig, SequenceId, Session, SessionOptions, StageOutput,
+};
 use shardload_store::{LoadMode, OpenModel, WeightStore};
 use shardload_suite::{GEMMA, SMOLLM2, model, root};
 
@@ -33,6 +35,37 @@ fn session_with_threads(
     let store = WeightStore::new(plan, LoadMode::Mmap).unwrap();
     let session = Session::new(&store, opened.gguf.metadata(), ctx, threads).unwrap();
     (store, session)
+}
+
+/// A store and a session of `sequences` sequences over `layers` (all when `None`).
+fn sessions_over(
+    name: &str,
+    ctx: usize,
+    threads: usize,
+    sequences: usize,
+    layers: &[Option<std::ops::Range<usize>>],
+) -> (WeightStore, Vec<Session>) {
+    let opened = OpenModel::open(&model(name)).unwrap();
+    let plan = opened
+        .plan(&PlanOptions {
+            shards: Some(2),
+            ..PlanOptions::default()
+        })
+        .unwrap();
+    let store = WeightStore::new(plan, LoadMode::Mmap).unwrap();
+    let sessions = layers
+        .iter()
+        .map(|layers| {
+            let options = SessionOptions {
+                ctx,
+                threads,
+                sequences,
+                layers: layers.clone(),
+            };
+            Session::with_options(&store, opened.gguf.metadata(), &options).unwrap()
+        })
+        .collect();
+    (store, sessions)
 }
 
 fn reference(file: &str) -> Value {
@@ -298,6 +331,136 @@ fn one_two_and_three_threads_give_bit_identical_logits() {
         assert_eq!(logits[0], logits[1], "{name}");
         assert_eq!(logits[0], logits[2], "{name}");
     }
+}
+
+/// Logits after each step of `steps` (a prompt, then single tokens) in a
+/// session of one sequence: what a sequence gives alone.
+fn alone(session: &mut Session, steps: &[&[u32]]) -> Vec<Vec<u32>> {
+    session.truncate(0);
+    steps.iter().map(|step| bits(&session.eval(step).unwrap())).collect()
+}
+
+#[test]
+fn a_sequence_in_a_mixed_batch_gives_bit_identical_logits_to_the_sequence_alone() {
+    for name in [SMOLLM2, GEMMA] {
+        for threads in [1, 2, 3] {
+            let (_store, mut sessions) = sessions_over(name, 128, threads, 3, &[None, None]);
+            let mut mixed = sessions.pop().unwrap();
+            let mut single = sessions.pop().unwrap();
+            let single_seq = single.create_sequence().unwrap();
+            assert_eq!(single_seq.slot(), 0);
+            // Three sequences: A's 40-token prompt (more than one batch)
+            // goes through beside B's and C's next tokens, at other positions.
+            let (a, b, c) = (&TOKENS[..], &TOKENS[3..10], &TOKENS[20..23]);
+            let steps_a: Vec<&[u32]> = vec![a, &[7], &[8]];
+            let steps_b: Vec<&[u32]> = vec![b, &[11], &[12], &[13]];
+            let steps_c: Vec<&[u32]> = vec![c, &[21], &[22], &[23]];
+            let (sa, sb, sc) = (
+                mixed.create_sequence().unwrap(),
+                mixed.create_sequence().unwrap(),
+                mixed.create_sequence().unwrap(),
+            );
+            let first = mixed.decode(&[(sb, steps_b[0]), (sc, steps_c[0])]).unwrap();
+            let second = mixed
+                .decode(&[(sa, steps_a[0]), (sb, steps_b[1]), (sc, steps_c[1])])
+                .unwrap();
+            let third = mixed
+                .decode(&[(sc, steps_c[2]), (sa, steps_a[1]), (sb, steps_b[2])])
+                .unwrap();
+            let fourth = mixed
+                .decode(&[(sb, steps_b[3]), (sa, steps_a[2]), (sc, steps_c[3])])
+                .unwrap();
+            let got_a = vec![bits(&second[0]), bits(&third[1]), bits(&fourth[1])];
+            let got_b = [&first[0], &second[1], &third[2], &fourth[0]].map(|l| bits(l));
+            let got_c = [&first[1], &second[2], &third[0], &fourth[2]].map(|l| bits(l));
+            assert_eq!(got_a, alone(&mut single, &steps_a), "{name} {threads}T: A");
+            assert_eq!(got_b.to_vec(), alone(&mut single, &steps_b), "{name} {threads}T: B");
+            assert_eq!(got_c.to_vec(), alone(&mut single, &steps_c), "{name} {threads}T: C");
+        }
+    }
+}
+
+#[test]
+fn layers_0_to_k_then_k_to_n_give_bit_identical_logits_to_0_to_n_for_every_k() {
+    for name in [SMOLLM2, GEMMA] {
+        let layers = Hyperparameters::read(OpenModel::open(&model(name)).unwrap().gguf.metadata())
+            .unwrap()
+            .layers;
+        let (_store, mut whole) = sessions_over(name, 64, 2, 1, &[None]);
+        let whole = &mut whole[0];
+        let seq = whole.create_sequence().unwrap();
+        let want: Vec<Vec<u32>> = [&TOKENS[..12], &TOKENS[12..13]]
+            .iter()
+            .map(|step| bits(&whole.decode(&[(seq, step)]).unwrap()[0]))
+            .collect();
+        for k in 1..layers {
+            let (_store, stages) =
+                sessions_over(name, 64, 2, 1, &[Some(0..k), Some(k..layers)]);
+            let [mut first, mut second] = <[Session; 2]>::try_from(stages).ok().unwrap();
+            let (s1, s2) = (first.create_sequence().unwrap(), second.create_sequence().unwrap());
+            let got: Vec<Vec<u32>> = [&TOKENS[..12], &TOKENS[12..13]]
+                .iter()
+                .map(|step| {
+                    let StageOutput::Residual(stream) = first.run(&[(s1, step)], None).unwrap()
+                    else {
+                        panic!("layers 0..{k} gave logits");
+                    };
+                    let StageOutput::Logits(logits) =
+                        second.run(&[(s2, step)], Some(&stream)).unwrap()
+                    else {
+                        panic!("layers {k}..{layers} gave no logits");
+                    };
+                    bits(&logits[0])
+                })
+                .collect();
+            assert_eq!(got, want, "{name}: layers 0..{k} then {k}..{layers}");
+        }
+    }
+}
+
+#[test]
+fn truncating_past_what_a_sliding_window_ring_holds_gives_the_logits_of_a_fresh_evaluation() {
+    // ctx 1024: Gemma's sliding-window layers keep a ring of 512 + 32 positions.
+    let (_store, mut session) = session_with_threads(GEMMA, 2, 1024, 2);
+    let prompt: Vec<u32> = (0..600u32).map(|i| (i * 7919 + 13) % 262_144).collect();
+    let fresh = |session: &mut Session, tokens: &[u32]| {
+        session.truncate(0);
+        bits(&session.eval(tokens).unwrap())
+    };
+    // 595: the ring still holds the window before it; 300: it does not, so
+    // the prefix is evaluated again.
+    for back_to in [595, 300] {
+        let want = fresh(&mut session, &prompt[..back_to + 1]);
+        session.truncate(0);
+        session.eval(&prompt).unwrap();
+        session.truncate(back_to);
+        assert_eq!(session.position(), back_to);
+        let got = bits(&session.eval(&prompt[back_to..back_to + 1]).unwrap());
+        assert_eq!(got, want, "600 tokens truncated to {back_to}");
+    }
+}
+
+#[test]
+fn sequences_are_created_freed_and_refused_by_name() {
+    let (_store, mut sessions) = sessions_over(SMOLLM2, 16, 1, 2, &[None]);
+    let session = &mut sessions[0];
+    let (a, b) = (session.create_sequence().unwrap(), session.create_sequence().unwrap());
+    let error = session.create_sequence().unwrap_err().to_string();
+    assert!(error.contains("all 2 sequences"), "{error}");
+    let error = session.decode(&[(a, &[1]), (a, &[2])]).unwrap_err().to_string();
+    assert!(error.contains("appears twice"), "{error}");
+    session.decode(&[(a, &[1, 2, 3]), (b, &[4])]).unwrap();
+    assert_eq!(session.sequence_tokens(a).unwrap(), &[1, 2, 3]);
+    session.free_sequence(a).unwrap();
+    let error = session.decode(&[(a, &[1])]).unwrap_err().to_string();
+    assert!(error.contains("sequence 0 does not exist"), "{error}");
+    // The freed slot is reused, empty.
+    let c = session.create_sequence().unwrap();
+    assert_eq!(c, a);
+    assert!(session.sequence_tokens(c).unwrap().is_empty());
+    let unknown: SequenceId = c;
+    session.free_sequence(unknown).unwrap();
+    assert!(session.free_sequence(unknown).is_err());
 }
 
 #[test]

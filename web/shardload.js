@@ -2,7 +2,7 @@
 // given the same memories. guest/README.md is the contract this follows:
 // one 64-bit memory per shard (exactly the plan's pages) holding the shard's
 // extents, a shared 32-bit scratch memory holding the routing tables, and the
-// imports {shardload: {scratch, shard0, shard1, ...}}.
+// imports {shardload: {scratch, now, shard0, shard1, ...}}.
 //
 // A browser cannot map a file, so each extent is streamed into its shard
 // memory chunk by chunk (from a File or from HTTP Range requests): the only
@@ -267,7 +267,8 @@ export async function load({ plan, guests, source, typeIds, dot = 'auto', onProg
     shared: true,
   });
   new Uint8Array(scratch.buffer).set(tables);
-  const imports = { scratch };
+  // The guest reads the clock only while profiling a program (nanoseconds).
+  const imports = { scratch, now: () => performance.now() * 1e6 };
   shards.forEach((s, k) => { imports[`shard${k}`] = s.memory; });
   const instance = await WebAssembly.instantiate(module, { shardload: imports });
   return new Guest(plan, instance, scratch, shards, {

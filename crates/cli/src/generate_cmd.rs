@@ -140,15 +140,21 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
         }
     }
     let generate_time = clock.elapsed();
+    if !args.json {
+        // The streamed text ends its line before anything goes to stderr
+        // (which may be the same terminal or file).
+        writeln!(out)?;
+        out.flush()?;
+    }
     if args.profile {
         let total = (prompt_time + generate_time).as_secs_f64();
         eprintln!(
-            "profile (this thread's guest calls; {:.1} ms in all):",
+            "profile (time per operation in the guest, thread 0's view with its wait at the barrier after each; {:.1} ms in all):",
             total * 1e3
         );
-        for (export, calls, time) in session.profile() {
+        for (op, calls, time) in session.profile() {
             eprintln!(
-                "  {export:<12} {calls:>8} calls {:>10.1} ms {:>5.1}%",
+                "  {op:<12} {calls:>8} calls {:>10.1} ms {:>5.1}%",
                 time.as_secs_f64() * 1e3,
                 100.0 * time.as_secs_f64() / total
             );
@@ -173,7 +179,6 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        writeln!(out)?;
         if let Some(reason) = stop {
             eprintln!("stopped: {reason}");
         }

@@ -19,10 +19,11 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A tiny llama (2 heads of 16 over 1 KV head, 1 block, vocab 64) in F32, with
-/// every key but those in `omit`, and NaN in every norm weight when `nan`.
-fn tiny_llama(path: &Path, omit: &[&str], nan: bool) {
-    let (embd, ffn, vocab, kv) = (32u64, 64u64, 64u64, 16u64);
+/// A tiny llama (2 heads of 128 over 1 KV head, 1 block, vocab 64) in F32
+/// (its query weight in `q_type`), with every key but those in `omit`, and
+/// NaN in every norm weight when `nan`.
+fn tiny_llama(path: &Path, omit: &[&str], nan: bool, q_type: GgmlType) {
+    let (embd, ffn, vocab, kv) = (256u64, 64u64, 64u64, 128u64);
     let mut w = GgufWriter::new();
     let keys = [
         ("general.architecture", Value::String("llama".into())),
@@ -42,7 +43,7 @@ fn tiny_llama(path: &Path, omit: &[&str], nan: bool) {
     let f32 = GgmlType::F32;
     w.tensor("token_embd.weight", f32, &[embd, vocab])
         .tensor("blk.0.attn_norm.weight", f32, &[embd])
-        .tensor("blk.0.attn_q.weight", f32, &[embd, embd])
+        .tensor("blk.0.attn_q.weight", q_type, &[embd, embd])
         .tensor("blk.0.attn_k.weight", f32, &[embd, kv])
         .tensor("blk.0.attn_v.weight", f32, &[embd, kv])
         .tensor("blk.0.attn_output.weight", f32, &[embd, embd])
@@ -159,7 +160,7 @@ fn bad_prompts_are_refused_with_a_clear_error() {
 fn a_missing_hyperparameter_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-eps.gguf");
-    tiny_llama(&path, &["llama.attention.layer_norm_rms_epsilon"], false);
+    tiny_llama(&path, &["llama.attention.layer_norm_rms_epsilon"], false, GgmlType::F32);
     let output = shardload(&[
         "generate",
         path.to_str().unwrap(),
@@ -180,7 +181,7 @@ fn a_missing_hyperparameter_is_named() {
 fn nan_weights_give_some_output_but_no_trap_and_no_crash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nan.gguf");
-    tiny_llama(&path, &[], true);
+    tiny_llama(&path, &[], true, GgmlType::F32);
     let args = [
         "generate",
         path.to_str().unwrap(),
@@ -197,6 +198,51 @@ fn nan_weights_give_some_output_but_no_trap_and_no_crash() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["tokens"].as_array().unwrap().len(), 4);
     // And the same tiny model with finite weights runs too (the NaN is the only difference).
-    tiny_llama(&path, &[], false);
+    tiny_llama(&path, &[], false, GgmlType::F32);
     assert!(shardload(&args).status.success());
+}
+
+#[test]
+fn a_tensor_type_without_a_guest_kernel_is_refused_by_name_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iq2.gguf");
+    tiny_llama(&path, &[], false, GgmlType::IQ2_XXS);
+    let output = shardload(&[
+        "generate",
+        path.to_str().unwrap(),
+        "--prompt-tokens",
+        "1,2",
+        "-n",
+        "2",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let error = stderr(&output);
+    assert!(
+        error.contains("tensor blk.0.attn_q.weight has type IQ2_XXS, which the guest has no kernel for"),
+        "{error}"
+    );
+    assert!(!error.contains("trap"), "{error}");
+}
+
+#[test]
+fn the_summary_starts_on_a_line_of_its_own_even_with_the_profile() {
+    // stdout and stderr into one file, as a terminal shows them.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("both.txt");
+    let file = std::fs::File::create(&log).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .args(["generate", model(SMOLLM2).to_str().unwrap(), "-p", "The capital of France is"])
+        .args(["-n", "6", "--temp", "0", "--profile", "--threads", "2"])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    for start in ["profile (", "  matmul ", "prompt    ", "generated "] {
+        assert!(
+            text.lines().any(|line| line.starts_with(start)),
+            "no line starts with {start:?}:\n{text}"
+        );
+    }
 }
