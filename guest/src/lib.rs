@@ -287,6 +287,25 @@ pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
     wat
 }
 
+include!(concat!(env!("OUT_DIR"), "/fingerprint.rs"));
+
+/// Everything the module [`guest_wasm`] generates depends on, as one number:
+/// this generator's sources (hashed when the crate was built), the shard
+/// count, the dot product, and each emitted type's id and block layout from
+/// the one ggml type table. Equal keys mean identical modules, so a host can
+/// look a compiled guest up in a cache before generating anything.
+pub fn guest_key(shards: u32, types: &[GgmlType], dot: DotProduct) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    SOURCE_FINGERPRINT.hash(&mut hasher);
+    shards.hash(&mut hasher);
+    (dot == DotProduct::Relaxed).hash(&mut hasher);
+    for ty in KERNEL_TYPES.iter().filter(|t| types.contains(t)) {
+        (ty.id(), ty.name(), ty.block_size(), ty.type_size()).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// The guest module for `shards` shard memories and kernel `types`, assembled.
 pub fn guest_wasm(shards: u32, types: &[GgmlType], dot: DotProduct) -> Result<Vec<u8>, String> {
     if shards == 0 {

@@ -180,7 +180,15 @@ impl<'a> Cursor<'a> {
                     return Err(self.error(at, field(), format!("bool is {other}, {BOOL_RULE}")));
                 }
             },
-            8 => Value::String(String::from_utf8_lossy(self.string_bytes(field)?).into_owned()),
+            8 => {
+                // Valid UTF-8 (nearly every string) is checked by the fast
+                // validator and copied once; only the rest pays for lossy repair.
+                let bytes = self.string_bytes(field)?;
+                Value::String(match std::str::from_utf8(bytes) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+                })
+            }
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(self.error(

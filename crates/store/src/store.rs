@@ -128,10 +128,13 @@ impl WeightStore {
         let shards = u32::try_from(plan.shards.len()).context("too many shards")?;
         let types = guest_types(&plan);
         let compile = |dot| -> Result<(Module, CompileSource)> {
-            let module = shardload_guest::guest_wasm(shards, &types, dot)
-                .map_err(|e| anyhow!("cannot generate the guest: {e}"))?;
+            let generate = || {
+                shardload_guest::guest_wasm(shards, &types, dot)
+                    .map_err(|e| anyhow!("cannot generate the guest: {e}"))
+            };
+            let key = shardload_guest::guest_key(shards, &types, dot);
             cache
-                .module(&engine, &module)
+                .module(&engine, key, generate)
                 .context("cannot compile the guest")
         };
         let ((guest, source), dot) = match dot {
