@@ -5,17 +5,19 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shard_planner::PlanOptions;
-use shardload_runtime::Session;
+use shardload_guest::exports;
+use shardload_guest::program::{self as abi, OP_BYTES, Opcode, header};
+use shardload_runtime::{Session, SessionOptions};
 use shardload_store::{LoadMode, OpenModel, WeightStore};
 
 /// Tokens/s of one configuration: a 512-token prompt from an empty cache,
 /// and 128 tokens generated one at a time from an empty cache (what
 /// llama-bench's `pp512` and `tg128` measure).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Speed {
     /// Threads used.
     pub threads: usize,
@@ -23,7 +25,16 @@ pub struct Speed {
     pub prompt: f64,
     /// Generation, tokens/s.
     pub generate: f64,
+    /// Aggregate generation tokens/s with several sequences decoded together
+    /// (one token each per step): `(sequences, tokens/s)`.
+    pub batched: Vec<(usize, f64)>,
 }
+
+/// Sequence counts of [`Speed::batched`].
+pub const BATCHED_SEQUENCES: [usize; 3] = [1, 4, 8];
+
+/// Decode steps per sequence in a batched measurement.
+const BATCHED_STEPS: usize = 32;
 
 /// Token ids for the benchmark prompt: spread over the vocabulary,
 /// deterministic (the speed does not depend on which tokens they are).
@@ -61,13 +72,121 @@ pub fn guest_speed(
             }
             best_tg = best_tg.max(128.0 / started.elapsed().as_secs_f64());
         }
+        drop(session);
+        let batched = BATCHED_SEQUENCES
+            .iter()
+            .map(|&n| Ok((n, batched_decode(&store, &model, t, n, repeats)?)))
+            .collect::<Result<Vec<_>>>()?;
         out.push(Speed {
             threads: t,
             prompt: best_pp,
             generate: best_tg,
+            batched,
         });
     }
     Ok(out)
+}
+
+/// Aggregate tokens/s of `sequences` sequences decoded together from empty
+/// caches, one token each per step (what a server's continuous batching
+/// gives), best of `repeats`.
+fn batched_decode(
+    store: &WeightStore,
+    model: &OpenModel,
+    threads: usize,
+    sequences: usize,
+    repeats: usize,
+) -> Result<f64> {
+    let options = SessionOptions {
+        ctx: BATCHED_STEPS,
+        threads,
+        sequences,
+        layers: None,
+    };
+    let mut session = Session::with_options(store, model.gguf.metadata(), &options)?;
+    let vocab = session.hyperparameters().vocab;
+    let ids = (0..sequences)
+        .map(|_| session.create_sequence())
+        .collect::<Result<Vec<_>>>()?;
+    let mut best = 0f64;
+    for _ in 0..repeats.max(1) {
+        for &id in &ids {
+            session.truncate_sequence(id, 0)?;
+        }
+        let started = Instant::now();
+        for step in 0..BATCHED_STEPS {
+            let next: Vec<[u32; 1]> = (0..sequences)
+                .map(|s| [((step * 7919 + s * 104_729 + 13) % vocab) as u32])
+                .collect();
+            let batch: Vec<_> = ids.iter().zip(&next).map(|(&id, t)| (id, &t[..])).collect();
+            session.decode(&batch)?;
+        }
+        let rate = (sequences * BATCHED_STEPS) as f64 / started.elapsed().as_secs_f64();
+        best = best.max(rate);
+    }
+    Ok(best)
+}
+
+/// What one barrier of the guest program costs with `threads` threads: a
+/// program of 4096 operations that do almost nothing (a scale of one
+/// token's 4 values), entered by every thread at once and timed per
+/// operation; best of `repeats`.
+pub fn barrier_cost(path: &Path, threads: usize, repeats: usize) -> Result<Duration> {
+    const OPS: usize = 4096;
+    let model = OpenModel::open(path)?;
+    let store = WeightStore::new(model.plan(&PlanOptions::default())?, LoadMode::Mmap)?;
+    let (first, _) = store.instantiate()?;
+    let at = first.scratch_free().next_multiple_of(64);
+    let batch = at + header::SIZE + OPS * OP_BYTES;
+    let barrier = (batch + abi::batch::SIZE).next_multiple_of(64);
+    let buffer = barrier + 64;
+    let mut bytes = vec![0u8; buffer + 64 - at];
+    let mut put = |offset: usize, value: u32| {
+        bytes[offset - at..offset - at + 4].copy_from_slice(&value.to_le_bytes());
+    };
+    put(at + header::MAGIC, abi::PROGRAM_MAGIC);
+    put(at + header::VERSION, abi::PROGRAM_VERSION);
+    put(at + header::OPS, OPS as u32);
+    put(at + header::OPS_AT, (at + header::SIZE) as u32);
+    put(at + header::BATCH_AT, batch as u32);
+    put(at + header::BARRIER_AT, barrier as u32);
+    put(batch + abi::batch::TOKENS, 1);
+    for op in 0..OPS {
+        let record = at + header::SIZE + op * OP_BYTES;
+        put(record, Opcode::Scale as u32);
+        put(record + 4, buffer as u32);
+        put(record + 8, 4);
+        put(record + 12, 1f32.to_bits());
+    }
+    let mut guests = vec![first];
+    guests[0].write_bytes(at, &bytes)?;
+    for _ in 1..threads {
+        let other = store.instantiate_sharing(&guests[0])?;
+        guests.push(other);
+    }
+    let mut best = Duration::MAX;
+    for _ in 0..repeats.max(1) {
+        let started = Instant::now();
+        std::thread::scope(|scope| -> Result<()> {
+            let runs: Vec<_> = guests
+                .iter_mut()
+                .enumerate()
+                .map(|(k, guest)| {
+                    scope.spawn(move || {
+                        let args = (at as i32, k as i32, threads as i32);
+                        guest.call(exports::FORWARD, args, || "the barrier probe".into())
+                    })
+                })
+                .collect();
+            for run in runs {
+                run.join()
+                    .map_err(|_| anyhow::anyhow!("a barrier probe thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        best = best.min(started.elapsed() / OPS as u32);
+    }
+    Ok(best)
 }
 
 /// llama-bench's `pp512` and `tg128` for each thread count (`-r repeats`).
@@ -122,6 +241,7 @@ pub fn llama_cpp_speed(
                 threads: t,
                 prompt: rate(true)?,
                 generate: rate(false)?,
+                batched: Vec::new(),
             })
         })
         .collect()

@@ -72,7 +72,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
 
 /// `--generate`: the forward pass's speed next to llama-bench's, per thread count.
 fn generation(args: &BenchArgs) -> Result<ExitCode> {
-    use shardload_bench::generation::{Speed, guest_speed, llama_cpp_speed};
+    use shardload_bench::generation::{Speed, barrier_cost, guest_speed, llama_cpp_speed};
     let llama_bench = args
         .llama_bench
         .clone()
@@ -101,7 +101,7 @@ fn generation(args: &BenchArgs) -> Result<ExitCode> {
                 "threads", "pp512", "llama.cpp", "ratio", "tg128", "llama.cpp", "ratio"
             );
             for (k, g) in guest.iter().enumerate() {
-                let r = reference.as_ref().map(|r| r[k]);
+                let r = reference.as_ref().map(|r| (r[k].prompt, r[k].generate));
                 let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
                 let ratio = |a: f64, b: Option<f64>| {
                     b.map_or("-".to_string(), |b| format!("{:.0}%", 100.0 * a / b))
@@ -110,17 +110,35 @@ fn generation(args: &BenchArgs) -> Result<ExitCode> {
                     "{:>7}  {:>10.1} {:>10} {:>6}  {:>10.1} {:>10} {:>6}",
                     g.threads,
                     g.prompt,
-                    cell(r.map(|r| r.prompt)),
-                    ratio(g.prompt, r.map(|r| r.prompt)),
+                    cell(r.map(|r| r.0)),
+                    ratio(g.prompt, r.map(|r| r.0)),
                     g.generate,
-                    cell(r.map(|r| r.generate)),
-                    ratio(g.generate, r.map(|r| r.generate)),
+                    cell(r.map(|r| r.1)),
+                    ratio(g.generate, r.map(|r| r.1)),
+                );
+            }
+            println!("aggregate decode tok/s, sequences decoded together (one token each per step):");
+            for g in &guest {
+                let cells: Vec<String> = g
+                    .batched
+                    .iter()
+                    .map(|(n, rate)| format!("{n} seq {rate:.1}"))
+                    .collect();
+                println!("{:>7}  {}", g.threads, cells.join("  "));
+            }
+            for g in guest.iter().filter(|g| g.threads > 1) {
+                let cost = barrier_cost(model, g.threads, 5)?;
+                println!(
+                    "barrier in the guest, {} threads: {:.2} µs",
+                    g.threads,
+                    cost.as_secs_f64() * 1e6
                 );
             }
         }
         let speeds = |v: &[Speed]| {
             v.iter()
-                .map(|s| json!({"threads": s.threads, "prompt_tok_per_s": s.prompt, "generate_tok_per_s": s.generate}))
+                .map(|s| json!({"threads": s.threads, "prompt_tok_per_s": s.prompt, "generate_tok_per_s": s.generate,
+                    "batched_generate_tok_per_s": s.batched.iter().map(|(n, r)| json!({"sequences": n, "tok_per_s": r})).collect::<Vec<_>>()}))
                 .collect::<Vec<_>>()
         };
         out.push(json!({
