@@ -337,7 +337,10 @@ fn one_two_and_three_threads_give_bit_identical_logits() {
 /// session of one sequence: what a sequence gives alone.
 fn alone(session: &mut Session, steps: &[&[u32]]) -> Vec<Vec<u32>> {
     session.truncate(0);
-    steps.iter().map(|step| bits(&session.eval(step).unwrap())).collect()
+    steps
+        .iter()
+        .map(|step| bits(&session.eval(step).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -374,8 +377,16 @@ fn a_sequence_in_a_mixed_batch_gives_bit_identical_logits_to_the_sequence_alone(
             let got_b = [&first[0], &second[1], &third[2], &fourth[0]].map(|l| bits(l));
             let got_c = [&first[1], &second[2], &third[0], &fourth[2]].map(|l| bits(l));
             assert_eq!(got_a, alone(&mut single, &steps_a), "{name} {threads}T: A");
-            assert_eq!(got_b.to_vec(), alone(&mut single, &steps_b), "{name} {threads}T: B");
-            assert_eq!(got_c.to_vec(), alone(&mut single, &steps_c), "{name} {threads}T: C");
+            assert_eq!(
+                got_b.to_vec(),
+                alone(&mut single, &steps_b),
+                "{name} {threads}T: B"
+            );
+            assert_eq!(
+                got_c.to_vec(),
+                alone(&mut single, &steps_c),
+                "{name} {threads}T: C"
+            );
         }
     }
 }
@@ -394,10 +405,12 @@ fn layers_0_to_k_then_k_to_n_give_bit_identical_logits_to_0_to_n_for_every_k() {
             .map(|step| bits(&whole.decode(&[(seq, step)]).unwrap()[0]))
             .collect();
         for k in 1..layers {
-            let (_store, stages) =
-                sessions_over(name, 64, 2, 1, &[Some(0..k), Some(k..layers)]);
+            let (_store, stages) = sessions_over(name, 64, 2, 1, &[Some(0..k), Some(k..layers)]);
             let [mut first, mut second] = <[Session; 2]>::try_from(stages).ok().unwrap();
-            let (s1, s2) = (first.create_sequence().unwrap(), second.create_sequence().unwrap());
+            let (s1, s2) = (
+                first.create_sequence().unwrap(),
+                second.create_sequence().unwrap(),
+            );
             let got: Vec<Vec<u32>> = [&TOKENS[..12], &TOKENS[12..13]]
                 .iter()
                 .map(|step| {
@@ -444,10 +457,16 @@ fn truncating_past_what_a_sliding_window_ring_holds_gives_the_logits_of_a_fresh_
 fn sequences_are_created_freed_and_refused_by_name() {
     let (_store, mut sessions) = sessions_over(SMOLLM2, 16, 1, 2, &[None]);
     let session = &mut sessions[0];
-    let (a, b) = (session.create_sequence().unwrap(), session.create_sequence().unwrap());
+    let (a, b) = (
+        session.create_sequence().unwrap(),
+        session.create_sequence().unwrap(),
+    );
     let error = session.create_sequence().unwrap_err().to_string();
     assert!(error.contains("all 2 sequences"), "{error}");
-    let error = session.decode(&[(a, &[1]), (a, &[2])]).unwrap_err().to_string();
+    let error = session
+        .decode(&[(a, &[1]), (a, &[2])])
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("appears twice"), "{error}");
     session.decode(&[(a, &[1, 2, 3]), (b, &[4])]).unwrap();
     assert_eq!(session.sequence_tokens(a).unwrap(), &[1, 2, 3]);

@@ -275,7 +275,10 @@ pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
     wat += &shard_dispatch("$f32_at", "f32_at", &["p i64"], Some("f32"), shards);
     wat += include_str!("../wat/math.wat");
     wat += &abi::fill(include_str!("../wat/forward.wat"), &[]);
-    wat += &abi::fill(include_str!("../wat/program.wat"), &program::wat_constants());
+    wat += &abi::fill(
+        include_str!("../wat/program.wat"),
+        &program::wat_constants(),
+    );
     let emitted: Vec<GgmlType> = KERNEL_TYPES
         .iter()
         .copied()

@@ -117,7 +117,9 @@ fn generation(args: &BenchArgs) -> Result<ExitCode> {
                     ratio(g.generate, r.map(|r| r.1)),
                 );
             }
-            println!("aggregate decode tok/s, sequences decoded together (one token each per step):");
+            println!(
+                "aggregate decode tok/s, sequences decoded together (one token each per step):"
+            );
             for g in &guest {
                 let cells: Vec<String> = g
                     .batched

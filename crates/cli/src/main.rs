@@ -266,7 +266,12 @@ impl StoreArgs {
         &self,
         model: &shardload_store::OpenModel,
     ) -> anyhow::Result<shardload_store::WeightStore> {
-        shardload_store::WeightStore::with_options(self.plan(model)?, self.mode(), None, &self.cache())
+        shardload_store::WeightStore::with_options(
+            self.plan(model)?,
+            self.mode(),
+            None,
+            &self.cache(),
+        )
     }
 
     fn cache(&self) -> shardload_store::GuestCache {

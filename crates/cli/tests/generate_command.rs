@@ -160,7 +160,12 @@ fn bad_prompts_are_refused_with_a_clear_error() {
 fn a_missing_hyperparameter_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-eps.gguf");
-    tiny_llama(&path, &["llama.attention.layer_norm_rms_epsilon"], false, GgmlType::F32);
+    tiny_llama(
+        &path,
+        &["llama.attention.layer_norm_rms_epsilon"],
+        false,
+        GgmlType::F32,
+    );
     let output = shardload(&[
         "generate",
         path.to_str().unwrap(),
@@ -218,7 +223,9 @@ fn a_tensor_type_without_a_guest_kernel_is_refused_by_name_before_anything_runs(
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let error = stderr(&output);
     assert!(
-        error.contains("tensor blk.0.attn_q.weight has type IQ2_XXS, which the guest has no kernel for"),
+        error.contains(
+            "tensor blk.0.attn_q.weight has type IQ2_XXS, which the guest has no kernel for"
+        ),
         "{error}"
     );
     assert!(!error.contains("trap"), "{error}");
@@ -231,7 +238,12 @@ fn the_summary_starts_on_a_line_of_its_own_even_with_the_profile() {
     let log = dir.path().join("both.txt");
     let file = std::fs::File::create(&log).unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_shardload"))
-        .args(["generate", model(SMOLLM2).to_str().unwrap(), "-p", "The capital of France is"])
+        .args([
+            "generate",
+            model(SMOLLM2).to_str().unwrap(),
+            "-p",
+            "The capital of France is",
+        ])
         .args(["-n", "6", "--temp", "0", "--profile", "--threads", "2"])
         .stdout(file.try_clone().unwrap())
         .stderr(file)

@@ -382,11 +382,7 @@ impl<'a> ProgramBuilder<'a> {
         let width = Arg::Int(self.width(Buffer::Residual));
         self.push(
             Opcode::Gather,
-            vec![
-                Arg::Buf(Buffer::Residual),
-                width,
-                Arg::Buf(Buffer::Outputs),
-            ],
+            vec![Arg::Buf(Buffer::Residual), width, Arg::Buf(Buffer::Outputs)],
         );
     }
 

@@ -449,7 +449,8 @@ impl Session {
     /// the rows whose logits are wanted.
     fn write_batch(&mut self, chunk: &[(u32, usize, usize, Option<usize>)]) -> Result<()> {
         let mut bytes = vec![0u8; abi::batch::SIZE];
-        let mut put = |at: usize, value: u32| bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        let mut put =
+            |at: usize, value: u32| bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
         let outputs: Vec<usize> = (0..chunk.len()).filter(|&r| chunk[r].3.is_some()).collect();
         put(abi::batch::TOKENS, chunk.len() as u32);
         put(abi::batch::OUTPUTS, outputs.len() as u32);

@@ -104,9 +104,10 @@ fn fingerprint(file: &GgufFile) -> Result<String> {
     hash.update(&file.size().to_le_bytes());
     let data_start = file.header.data_offset;
     // The header was just parsed from the mapping: hash it there, not from a copy.
-    let header = file.bytes().get(..data_start as usize).with_context(|| {
-        format!("{} is shorter than its header", file.path().display())
-    })?;
+    let header = file
+        .bytes()
+        .get(..data_start as usize)
+        .with_context(|| format!("{} is shorter than its header", file.path().display()))?;
     hash.update(header);
     let data_len = file.size() - data_start;
     let span = data_len.saturating_sub(FINGERPRINT_WINDOW);

@@ -99,26 +99,43 @@ impl Architecture for Gemma3 {
         let rope = Rope {
             base: rope_base,
             neox: true,
-            factors: p.has_tensor("rope_freqs.weight").then_some("rope_freqs.weight"),
+            factors: p
+                .has_tensor("rope_freqs.weight")
+                .then_some("rope_freqs.weight"),
         };
         p.rope(Buffer::Query, &rope)?;
         p.rope(Buffer::Key, &rope)?;
         p.attention(window, self.attention_scale);
         p.matmul(&t("attn_output"), Buffer::Attended, Buffer::Projected)?;
-        p.rms_norm(Buffer::Projected, &t("post_attention_norm"), eps, Buffer::Projected)?;
+        p.rms_norm(
+            Buffer::Projected,
+            &t("post_attention_norm"),
+            eps,
+            Buffer::Projected,
+        )?;
         p.add(Buffer::Residual, Buffer::Projected);
         p.rms_norm(Buffer::Residual, &t("ffn_norm"), eps, Buffer::Normed)?;
         p.matmul(&t("ffn_gate"), Buffer::Normed, Buffer::Gate)?;
         p.matmul(&t("ffn_up"), Buffer::Normed, Buffer::Up)?;
         p.glu(Activation::Gelu);
         p.matmul(&t("ffn_down"), Buffer::Gate, Buffer::Projected)?;
-        p.rms_norm(Buffer::Projected, &t("post_ffw_norm"), eps, Buffer::Projected)?;
+        p.rms_norm(
+            Buffer::Projected,
+            &t("post_ffw_norm"),
+            eps,
+            Buffer::Projected,
+        )?;
         p.add(Buffer::Residual, Buffer::Projected);
         Ok(())
     }
 
     fn head(&self, p: &mut ProgramBuilder) -> Result<()> {
-        p.rms_norm(Buffer::Outputs, "output_norm.weight", self.rms_eps, Buffer::Outputs)?;
+        p.rms_norm(
+            Buffer::Outputs,
+            "output_norm.weight",
+            self.rms_eps,
+            Buffer::Outputs,
+        )?;
         let output = if p.has_tensor("output.weight") {
             "output.weight"
         } else {

@@ -49,7 +49,9 @@ impl Architecture for Llama {
         let rope = Rope {
             base: self.rope_base,
             neox: false,
-            factors: p.has_tensor("rope_freqs.weight").then_some("rope_freqs.weight"),
+            factors: p
+                .has_tensor("rope_freqs.weight")
+                .then_some("rope_freqs.weight"),
         };
         p.rope(Buffer::Query, &rope)?;
         p.rope(Buffer::Key, &rope)?;
@@ -66,7 +68,12 @@ impl Architecture for Llama {
     }
 
     fn head(&self, p: &mut ProgramBuilder) -> Result<()> {
-        p.rms_norm(Buffer::Outputs, "output_norm.weight", self.rms_eps, Buffer::Outputs)?;
+        p.rms_norm(
+            Buffer::Outputs,
+            "output_norm.weight",
+            self.rms_eps,
+            Buffer::Outputs,
+        )?;
         let output = if p.has_tensor("output.weight") {
             "output.weight"
         } else {
