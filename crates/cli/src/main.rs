@@ -103,7 +103,8 @@ Control tokens written in the text (<|im_start|>, <start_of_turn>) become their 
 
 Text streams to stdout as it is made; prompt and generation speed, time to first token, time to
 ready and memory go to stderr. Sampling defaults are llama.cpp's (--temp 0.8 --top-k 40 --top-p
-0.95 --min-p 0.05); --temp 0 is greedy. Supported architectures: llama, gemma3.")]
+0.95 --min-p 0.05); --temp 0 is greedy. An architecture the runtime does not know is refused by
+name, with the list of those it knows.")]
     Generate(generate_cmd::GenerateArgs),
     /// Chat with a model: its own chat template, the KV cache kept across turns, replies streamed.
     #[command(after_help = "Examples:
@@ -116,7 +117,8 @@ One user turn per line of stdin (a `> ` prompt on stderr when stdin is a termina
 streams to stdout and ends with a newline. Each turn renders the whole conversation with the
 model's tokenizer.chat_template (Jinja, via minijinja) and evaluates only the tokens past the
 prefix already in the KV cache. End of input exits; Ctrl-C stops a reply, and at the prompt exits.
-A conversation that outgrows --ctx ends with a message. Supported architectures: llama, gemma3 (Gemma 3 GGUFs here carry no chat template: give --chat-template).")]
+A conversation that outgrows --ctx ends with a message. A GGUF without a chat template gets its
+architecture's own where the runtime has one; otherwise give --chat-template.")]
     Chat(chat_cmd::ChatArgs),
     /// Serve the browser host: a page that loads the model into memory64 memories in a tab and verifies it.
     #[command(after_help = "Examples:

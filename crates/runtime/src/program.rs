@@ -400,9 +400,17 @@ impl<'a> ProgramBuilder<'a> {
         let barrier = take(64);
         let profile = take(Opcode::ALL.len() * PROFILE_ENTRY_BYTES);
         let batch = take(abi::batch::SIZE);
+        // A batch has one output per sequence in it at most.
+        let outputs = sequences.min(MAX_BATCH);
         let buffers: HashMap<Buffer, usize> = BUFFERS
             .iter()
-            .map(|&b| (b, take(MAX_BATCH * b.width(hp) * 4)))
+            .map(|&b| {
+                let rows = match b.rows() {
+                    Rows::Tokens => MAX_BATCH,
+                    Rows::Outputs => outputs,
+                };
+                (b, take(rows * b.width(hp) * 4))
+            })
             .collect();
         // matmul's working space: each input quantized (1 byte per element
         // plus 0.5 of group metadata), or 4 bytes per element for float weights.
