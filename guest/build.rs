@@ -10,7 +10,11 @@ fn main() {
     for dir in ["src", "wat"] {
         println!("cargo:rerun-if-changed={dir}");
         for entry in std::fs::read_dir(dir).expect("guest sources") {
-            files.push(entry.expect("guest source").path());
+            let path = entry.expect("guest source").path();
+            let source = path.extension().is_some_and(|e| e == "rs" || e == "wat");
+            if path.is_file() && source {
+                files.push(path);
+            }
         }
     }
     files.sort();

@@ -433,23 +433,55 @@ fn layers_0_to_k_then_k_to_n_give_bit_identical_logits_to_0_to_n_for_every_k() {
 
 #[test]
 fn truncating_past_what_a_sliding_window_ring_holds_gives_the_logits_of_a_fresh_evaluation() {
-    // ctx 1024: Gemma's sliding-window layers keep a ring of 512 + 32 positions.
-    let (_store, mut session) = session_with_threads(GEMMA, 2, 1024, 2);
+    // ctx 1024: Gemma's sliding-window layers keep a ring of 512 + 32
+    // positions per sequence, and two sequences share each cache (so the
+    // second's rows start at one ring's capacity, not at the context).
+    let (_store, mut sessions) = sessions_over(GEMMA, 1024, 2, 2, &[None]);
+    let session = &mut sessions[0];
+    let (a, fresh_seq) = (
+        session.create_sequence().unwrap(),
+        session.create_sequence().unwrap(),
+    );
     let prompt: Vec<u32> = (0..600u32).map(|i| (i * 7919 + 13) % 262_144).collect();
-    let fresh = |session: &mut Session, tokens: &[u32]| {
-        session.truncate(0);
-        bits(&session.eval(tokens).unwrap())
+    let mut fresh = |session: &mut Session, n: usize| {
+        session.truncate_sequence(fresh_seq, 0).unwrap();
+        bits(&session.decode(&[(fresh_seq, &prompt[..n])]).unwrap()[0])
     };
-    // 595: the ring still holds the window before it; 300: it does not, so
-    // the prefix is evaluated again.
-    for back_to in [595, 300] {
-        let want = fresh(&mut session, &prompt[..back_to + 1]);
-        session.truncate(0);
-        session.eval(&prompt).unwrap();
-        session.truncate(back_to);
-        assert_eq!(session.position(), back_to);
-        let got = bits(&session.eval(&prompt[back_to..back_to + 1]).unwrap());
-        assert_eq!(got, want, "600 tokens truncated to {back_to}");
+    session.decode(&[(a, &prompt[..])]).unwrap();
+    // (go back to, whether the ring still serves it): after 600 positions
+    // the ring holds 56.., so position p's window p - 511.. is there from
+    // p = 567 on; truncations remember what a longer past overwrote (600 ->
+    // 570 -> 540 must not read positions 573.. lingering in 29..).
+    let steps = [
+        (567, true),
+        (566, false),
+        (600, true),
+        (570, true),
+        (540, false),
+    ];
+    for (back_to, kept) in steps {
+        let have = session.sequence_tokens(a).unwrap().len();
+        if back_to > have {
+            session.decode(&[(a, &prompt[have..back_to])]).unwrap();
+            continue;
+        }
+        session.truncate_sequence(a, back_to).unwrap();
+        let cached = session.sequence_cached(a).unwrap();
+        assert_eq!(
+            cached == back_to,
+            kept,
+            "{have} tokens truncated to {back_to}: {cached} cached"
+        );
+        let got = bits(
+            &session
+                .decode(&[(a, &prompt[back_to..back_to + 1])])
+                .unwrap()[0],
+        );
+        assert_eq!(
+            got,
+            fresh(session, back_to + 1),
+            "{have} tokens truncated to {back_to}"
+        );
     }
 }
 

@@ -100,3 +100,19 @@ fn with_the_cache_off_the_guest_is_compiled() {
     assert_eq!(store.compile_source(), CompileSource::Compiled);
     assert_guest_works(&store);
 }
+
+#[test]
+fn a_cache_directory_others_can_write_is_never_loaded_from() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    store(2, DotProduct::Relaxed, dir.path());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let shared = store(2, DotProduct::Relaxed, dir.path());
+    assert_eq!(shared.compile_source(), CompileSource::Compiled);
+    assert_guest_works(&shared);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = cache_files(dir.path()).remove(0);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let writable = store(2, DotProduct::Relaxed, dir.path());
+    assert_eq!(writable.compile_source(), CompileSource::Compiled);
+}

@@ -79,10 +79,13 @@ pub mod barrier {
     pub const ABORT: usize = 12;
 }
 
-/// Spins at a barrier before parking in `memory.atomic.wait32`: about
-/// 20-50 µs here, longer than any one operation's imbalance between threads,
-/// shorter than a person notices a busy core.
-pub const BARRIER_SPINS: usize = 20_000;
+/// Spins at a barrier before parking in `memory.atomic.wait32`: about half a
+/// millisecond here, longer than the usual imbalance between threads within
+/// an operation. A park puts a futex wake-up (tens of µs) on the critical
+/// path, and a token has hundreds of barriers: at 20,000 spins enough of them
+/// parked to cost SmolLM2's 2-thread decode 15-40% (measured), at 200,000 it
+/// is back at the host loop's speed.
+pub const BARRIER_SPINS: usize = 200_000;
 
 /// Bytes per opcode in the profile table: calls, then nanoseconds (two f64).
 pub const PROFILE_ENTRY_BYTES: usize = 16;
@@ -123,7 +126,7 @@ opcodes! {
     /// `[x, width, eps, weight, out, per_row, rows]`: RMSNorm of `per_row`
     /// rows of `width` per batch row, times an F32 weight tensor.
     RmsNorm = 2, "rms_norm";
-    /// `[tensor, rows, x, y, y_stride, rows]`: `Y[b] = W · X[b]`.
+    /// `[tensor, out_width, x, y, y_stride, rows]`: `Y[b] = W · X[b]`.
     Matmul = 3, "matmul";
     /// `[buf, heads, head_dim, base, neox, factors]`: RoPE at each token's position.
     Rope = 4, "rope";

@@ -153,7 +153,9 @@ fn forward(
         Ok((0,)) => Ok(()),
         Ok(_) => Err(anyhow!(Aborted)),
         Err(error) => {
-            guest.abort_barrier(barrier)?;
+            // The thread's own error is the one to report, even if waking
+            // the others failed too.
+            let _ = guest.abort_barrier(barrier);
             Err(error)
         }
     }
@@ -179,11 +181,99 @@ fn work(mut guest: GuestInstance, thread: usize, threads: usize, mailbox: &Mailb
             mailbox.program.load(Ordering::Relaxed),
             mailbox.barrier.load(Ordering::Relaxed),
         );
-        if let Err(error) = forward(&mut guest, program, barrier, thread, threads)
+        // A panic must still release the other threads and the host.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            forward(&mut guest, program, barrier, thread, threads)
+        }));
+        let result = run.unwrap_or_else(|_| {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                guest.abort_barrier(barrier)
+            }));
+            Err(anyhow!("worker thread {thread} panicked"))
+        });
+        if let Err(error) = result
             && let Ok(mut e) = mailbox.error.lock()
         {
             *e = Some(error);
         }
         mailbox.done.store(seen, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shard_planner::PlanOptions;
+    use shardload_guest::program::{self as abi, OP_BYTES, Opcode, header};
+    use shardload_store::{LoadMode, OpenModel, WeightStore};
+
+    /// A raw program of two operations (embed two tokens, scale them) on
+    /// SmolLM2, with the token ids given: the embedding's rows are split one
+    /// per thread, so a bad id fails in one thread only.
+    fn embed_program(
+        guest: &mut GuestInstance,
+        store: &WeightStore,
+        ids: [u32; 2],
+    ) -> (usize, usize) {
+        let embd = store
+            .plan()
+            .tensors
+            .iter()
+            .position(|t| t.span.name == "token_embd.weight")
+            .unwrap();
+        let width = store.plan().tensors[embd].span.dims[0] as u32;
+        let at = guest.scratch_free().next_multiple_of(64);
+        let batch = at + header::SIZE + 2 * OP_BYTES;
+        let barrier = (batch + abi::batch::SIZE).next_multiple_of(64);
+        let buffer = barrier + 64;
+        let mut bytes = vec![0u8; buffer + 2 * width as usize * 4 - at];
+        let mut put = |offset: usize, value: u32| {
+            bytes[offset - at..offset - at + 4].copy_from_slice(&value.to_le_bytes());
+        };
+        put(at + header::MAGIC, abi::PROGRAM_MAGIC);
+        put(at + header::VERSION, abi::PROGRAM_VERSION);
+        put(at + header::OPS, 2);
+        put(at + header::OPS_AT, (at + header::SIZE) as u32);
+        put(at + header::BATCH_AT, batch as u32);
+        put(at + header::BARRIER_AT, barrier as u32);
+        put(batch + abi::batch::TOKENS, 2);
+        put(batch + abi::batch::IDS, ids[0]);
+        put(batch + abi::batch::IDS + 4, ids[1]);
+        let (embed, scale) = (at + header::SIZE, at + header::SIZE + OP_BYTES);
+        put(embed, Opcode::Embed as u32);
+        put(embed + 4, embd as u32);
+        put(embed + 8, buffer as u32);
+        put(embed + 12, width);
+        put(scale, Opcode::Scale as u32);
+        put(scale + 4, buffer as u32);
+        put(scale + 8, width);
+        put(scale + 12, 2f32.to_bits());
+        guest.write_bytes(at, &bytes).unwrap();
+        (at, barrier)
+    }
+
+    #[test]
+    fn a_thread_that_fails_aborts_the_others_which_return_and_the_next_run_works() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        );
+        let model = OpenModel::open(std::path::Path::new(path)).unwrap();
+        let store =
+            WeightStore::new(model.plan(&PlanOptions::default()).unwrap(), LoadMode::Mmap).unwrap();
+        let (mut guest, _) = store.instantiate().unwrap();
+        let pool = Pool::new(vec![store.instantiate_sharing(&guest).unwrap()]).unwrap();
+        // Token 1 (thread 1's) is past the vocabulary: its embed traps.
+        let (program, barrier) = embed_program(&mut guest, &store, [1, u32::MAX >> 1]);
+        let error = pool.forward(&mut guest, program, barrier).unwrap_err();
+        assert!(
+            !error.is::<Aborted>(),
+            "the real error is reported: {error:#}"
+        );
+        assert!(format!("{error:#}").contains("thread 1"), "{error:#}");
+        // The barrier was reset: the same threads run a good program.
+        let (program, barrier) = embed_program(&mut guest, &store, [1, 2]);
+        pool.forward(&mut guest, program, barrier).unwrap();
+        pool.forward(&mut guest, program, barrier).unwrap();
     }
 }

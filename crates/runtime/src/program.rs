@@ -390,10 +390,11 @@ impl<'a> ProgramBuilder<'a> {
     /// `sequences` sequences, and encodes the program.
     pub(crate) fn finish(self, start: usize, threads: usize, sequences: usize) -> Result<Program> {
         let hp = self.hp;
+        // Saturating: a layout past 4 GiB is refused below, however far past.
         let mut at = start.next_multiple_of(64);
         let mut take = |bytes: usize| {
             let here = at;
-            at = (at + bytes).next_multiple_of(64);
+            at = at.saturating_add(bytes).saturating_add(63) & !63;
             here
         };
         let program = take(header::SIZE + self.ops.len() * OP_BYTES);
@@ -416,16 +417,16 @@ impl<'a> ProgramBuilder<'a> {
         // plus 0.5 of group metadata), or 4 bytes per element for float weights.
         let widest = self.widest_input.max(1);
         let tmp_bytes = (MAX_BATCH * widest * 2 + widest * 4).next_multiple_of(64);
-        let tmp = take(tmp_bytes * threads);
+        let tmp = take(tmp_bytes.saturating_mul(threads));
         let group = hp.heads / hp.kv_heads;
         let scores_bytes = ((group * self.ctx + hp.head_dim + group) * 4).next_multiple_of(64);
-        let scores = take(scores_bytes * threads);
+        let scores = take(scores_bytes.saturating_mul(threads));
         let kv_row = hp.kv_heads * hp.head_dim * 2;
         let caches: Vec<(usize, usize)> = self
             .caches
             .iter()
             .map(|c| {
-                let bytes = sequences * c.capacity * kv_row;
+                let bytes = sequences.saturating_mul(c.capacity).saturating_mul(kv_row);
                 (take(bytes), take(bytes))
             })
             .collect();

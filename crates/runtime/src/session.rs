@@ -19,6 +19,10 @@ use crate::arch::{self, Hyperparameters};
 use crate::pool::Pool;
 use crate::program::{Program, ProgramBuilder};
 
+/// The largest context a session takes (positions are i32 in the guest, and
+/// every size it implies must be computed without overflow).
+pub const MAX_CTX: usize = 1 << 24;
+
 /// A sequence of a session: a conversation, with its own KV cache region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SequenceId(usize);
@@ -49,14 +53,32 @@ pub enum StageOutput {
     /// Logits after the last token of each batch entry, in entry order.
     Logits(Vec<Vec<f32>>),
     /// The residual stream after the session's last layer: one row of the
-    /// embedding width per token of the batch, in batch order.
+    /// embedding width per new token of the batch, in batch order (a prefix
+    /// evaluated again after a deep truncation gives no rows).
     Residual(Vec<f32>),
 }
 
-/// A sequence's tokens, and how many of them the KV cache holds.
+/// A sequence's tokens, how many of them the KV cache holds, and the
+/// high-water mark of positions written into its cache since it was last
+/// evaluated from position 0: a ring of capacity C still holds position t of
+/// this sequence only if t >= written - C (truncated-away positions linger
+/// in their slots, so this is the highest position ever written, not the
+/// current length).
 struct Sequence {
     tokens: Vec<u32>,
     cached: usize,
+    written: usize,
+}
+
+/// One token of a batch as the guest sees it.
+struct Work {
+    token: u32,
+    slot: usize,
+    position: usize,
+    /// The batch entry whose logits this token gives, if any.
+    output: Option<usize>,
+    /// Its row among the batch's new tokens (`None` for a pending prefix).
+    row: Option<usize>,
 }
 
 /// A model loaded into guests, with the KV caches of its sequences.
@@ -111,8 +133,8 @@ impl Session {
             sequences,
             ..
         } = options;
-        if ctx == 0 {
-            bail!("--ctx must be at least 1");
+        if ctx == 0 || ctx > MAX_CTX {
+            bail!("--ctx must be between 1 and {MAX_CTX}, not {ctx}");
         }
         if threads == 0 || threads > 256 {
             bail!("--threads must be between 1 and 256, not {threads}");
@@ -235,6 +257,7 @@ impl Session {
         self.sequences[slot] = Some(Sequence {
             tokens: Vec::new(),
             cached: 0,
+            written: 0,
         });
         Ok(SequenceId(slot))
     }
@@ -251,6 +274,13 @@ impl Session {
         Ok(&self.sequence(id)?.tokens)
     }
 
+    /// How many of a sequence's tokens the KV cache holds; the rest (after a
+    /// truncation a sliding-window ring could not serve) are evaluated again
+    /// with its next batch.
+    pub fn sequence_cached(&self, id: SequenceId) -> Result<usize> {
+        Ok(self.sequence(id)?.cached)
+    }
+
     /// Forgets a sequence's tokens from `position` on. The cache keeps the
     /// prefix; where a sliding-window ring no longer holds what the prefix's
     /// next token needs, the prefix is evaluated again with the next batch.
@@ -261,19 +291,24 @@ impl Session {
         seq.tokens.truncate(position);
         let position = seq.tokens.len();
         if seq.cached > position {
-            // Position p's attention needs p - window + 1 .. p; a ring of
-            // `capacity` holds the latest `capacity` positions written.
+            // The next token at `position` needs positions position - window
+            // + 1 .. position of every ring, which still holds those >=
+            // written - capacity.
             let kept = rings.iter().all(|&(capacity, window)| {
-                seq.cached <= capacity || position + capacity + 1 >= seq.cached + window
+                position.saturating_sub(window - 1) >= seq.written.saturating_sub(capacity)
             });
             if kept {
                 seq.cached = position;
             } else if from_tokens {
                 seq.cached = 0;
+                seq.written = 0;
             } else {
                 let cached = seq.cached;
-                seq.tokens.clear();
-                seq.cached = 0;
+                *seq = Sequence {
+                    tokens: Vec::new(),
+                    cached: 0,
+                    written: 0,
+                };
                 bail!(
                     "cannot go back from {cached} to {position} tokens: a sliding-window cache no longer \
                      holds them and this session takes residuals, not tokens; the sequence is now empty"
@@ -301,6 +336,14 @@ impl Session {
     /// after each entry's last token, in entry order. The entries' tokens
     /// go through the layers together, in batches of up to 32 tokens.
     pub fn decode(&mut self, batch: &[(SequenceId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        if self.layers.start != 0 || self.layers.end != self.hp.layers {
+            bail!(
+                "this session runs layers {}..{} of {}, not tokens to logits; use run",
+                self.layers.start,
+                self.layers.end,
+                self.hp.layers
+            );
+        }
         match self.run(batch, None)? {
             StageOutput::Logits(logits) => Ok(logits),
             StageOutput::Residual(_) => bail!(
@@ -325,63 +368,86 @@ impl Session {
         let tokens: usize = batch.iter().map(|(_, t)| t.len()).sum();
         self.check(batch, tokens, residual)?;
         // Every token to evaluate: a sequence's pending prefix (after a deep
-        // truncation), then its new tokens; the last one of each entry gives
-        // its output.
+        // truncation; only sessions from token ids have one), then its new
+        // tokens; the last one of each entry gives its output.
         let to_logits = self.layers.end == self.hp.layers;
-        let mut work: Vec<(u32, usize, usize, Option<usize>)> = Vec::new();
+        let mut work: Vec<Work> = Vec::new();
+        let mut new_rows = 0..;
         for (entry, &(id, new)) in batch.iter().enumerate() {
             let seq = self.sequence(id)?;
             let pending = &seq.tokens[seq.cached..];
-            let all = pending.iter().chain(new.iter());
             let count = pending.len() + new.len();
-            for (i, &token) in all.enumerate() {
-                let output = (to_logits && i + 1 == count).then_some(entry);
-                work.push((token, id.0, seq.cached + i, output));
+            for (i, &token) in pending.iter().chain(new.iter()).enumerate() {
+                work.push(Work {
+                    token,
+                    slot: id.0,
+                    position: seq.cached + i,
+                    output: (to_logits && i + 1 == count).then_some(entry),
+                    row: if i >= pending.len() {
+                        new_rows.next()
+                    } else {
+                        None
+                    },
+                });
             }
         }
+        let width = self.hp.embd;
         let mut logits = vec![Vec::new(); batch.len()];
-        let mut stream = Vec::new();
-        let mut done_rows = 0;
+        let mut stream = vec![0f32; if to_logits { 0 } else { tokens * width }];
         let result = (|| -> Result<()> {
             for chunk in work.chunks(MAX_BATCH) {
                 self.write_batch(chunk)?;
                 if let Some(rows) = residual {
-                    let width = self.hp.embd;
-                    let rows = &rows[done_rows * width..(done_rows + chunk.len()) * width];
+                    // A session from residuals has no pending prefix: every
+                    // work row is a new token's.
+                    let first = chunk[0].row.unwrap_or(0);
+                    let rows = &rows[first * width..(first + chunk.len()) * width];
                     self.guest.write_f32s(self.program.residual, rows)?;
                 }
                 self.pool
                     .forward(&mut self.guest, self.program.at, self.program.barrier)?;
                 let vocab = self.hp.vocab;
-                let outputs = chunk.iter().filter_map(|w| w.3);
+                let outputs = chunk.iter().filter_map(|w| w.output);
                 for (row, entry) in outputs.enumerate() {
                     logits[entry] = self
                         .guest
                         .read_f32s(self.program.logits + row * vocab * 4, vocab);
                 }
                 if !to_logits {
-                    stream.extend(
-                        self.guest
-                            .read_f32s(self.program.residual, chunk.len() * self.hp.embd),
-                    );
+                    let out = self
+                        .guest
+                        .read_f32s(self.program.residual, chunk.len() * width);
+                    // The new tokens' rows only, in batch order.
+                    for (w, values) in chunk.iter().zip(out.chunks_exact(width)) {
+                        if let Some(row) = w.row {
+                            stream[row * width..(row + 1) * width].copy_from_slice(values);
+                        }
+                    }
                 }
-                done_rows += chunk.len();
             }
             Ok(())
         })();
         let rings = !self.program.rings.is_empty();
+        let from_tokens = self.layers.start == 0;
         for &(id, new) in batch {
             let seq = self.sequence_mut(id)?;
             if result.is_ok() {
                 seq.tokens.extend_from_slice(new);
                 seq.cached = seq.tokens.len();
+                seq.written = seq.written.max(seq.cached);
             } else if rings {
                 // A failed batch may have overwritten ring positions the
-                // prefix still needs: evaluate it again next time.
+                // prefix still needs: evaluate it again next time, or, without
+                // the tokens' residuals to do it with, start the sequence over.
                 seq.cached = 0;
+                seq.written = 0;
+                if !from_tokens {
+                    seq.tokens.clear();
+                }
             }
         }
         result?;
+
         Ok(if to_logits {
             StageOutput::Logits(logits)
         } else {
@@ -447,17 +513,19 @@ impl Session {
 
     /// Writes one batch descriptor: token ids, sequence slots, positions and
     /// the rows whose logits are wanted.
-    fn write_batch(&mut self, chunk: &[(u32, usize, usize, Option<usize>)]) -> Result<()> {
+    fn write_batch(&mut self, chunk: &[Work]) -> Result<()> {
         let mut bytes = vec![0u8; abi::batch::SIZE];
         let mut put =
             |at: usize, value: u32| bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
-        let outputs: Vec<usize> = (0..chunk.len()).filter(|&r| chunk[r].3.is_some()).collect();
+        let outputs: Vec<usize> = (0..chunk.len())
+            .filter(|&r| chunk[r].output.is_some())
+            .collect();
         put(abi::batch::TOKENS, chunk.len() as u32);
         put(abi::batch::OUTPUTS, outputs.len() as u32);
-        for (row, &(token, slot, position, _)) in chunk.iter().enumerate() {
-            put(abi::batch::IDS + 4 * row, token);
-            put(abi::batch::SEQS + 4 * row, slot as u32);
-            put(abi::batch::POSITIONS + 4 * row, position as u32);
+        for (row, w) in chunk.iter().enumerate() {
+            put(abi::batch::IDS + 4 * row, w.token);
+            put(abi::batch::SEQS + 4 * row, w.slot as u32);
+            put(abi::batch::POSITIONS + 4 * row, w.position as u32);
         }
         for (j, &row) in outputs.iter().enumerate() {
             put(abi::batch::OUTPUT_ROWS + 4 * j, row as u32);

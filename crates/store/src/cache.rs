@@ -15,6 +15,7 @@
 use std::hash::{Hash, Hasher};
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -83,7 +84,9 @@ impl GuestCache {
             return Ok((compile(wasm()?)?, CompileSource::Compiled));
         };
         let file = GuestCache::file(dir, engine, key);
-        if let Some(module) = load(engine, &file) {
+        if private(dir)
+            && let Some(module) = load(engine, &file)
+        {
             return Ok((module, CompileSource::Cached));
         }
         let module = compile(wasm()?)?;
@@ -92,8 +95,20 @@ impl GuestCache {
     }
 }
 
-/// The cached module in `file`, if the file is whole and unaltered.
+/// Whether `path` belongs to this user and nobody else can write it: only
+/// then may what is in it become code this process runs.
+fn private(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    std::fs::metadata(path).is_ok_and(|m| m.uid() == me && m.mode() & 0o022 == 0)
+}
+
+/// The cached module in `file`, if the file is private, whole and unaltered.
 fn load(engine: &Engine, file: &Path) -> Option<Module> {
+    if !private(file) {
+        return None;
+    }
     let bytes = std::fs::read(file).ok()?;
     let payload = checked_payload(&bytes)?;
     // SAFETY: wasmtime requires bytes that `Module::serialize` produced for a
@@ -101,8 +116,9 @@ fn load(engine: &Engine, file: &Path) -> Option<Module> {
     // compatibility and the guest's wasm, and its payload matches the length
     // and XXH64 that `store` wrote beside it, so a truncated, torn or
     // corrupted file is refused above (and wasmtime checks its own header,
-    // version and configuration). The directory is the user's own cache: who
-    // can write there can already run code as the user.
+    // version and configuration). The file and its directory belong to this
+    // user and are writable by nobody else (`private`): who could have
+    // written it can already run code as the user.
     unsafe { Module::deserialize(engine, payload) }.ok()
 }
 
@@ -122,7 +138,14 @@ fn checked_payload(bytes: &[u8]) -> Option<&[u8]> {
 /// process starting at the same time) never sees half a file.
 fn store(module: &Module, dir: &Path, file: &Path) -> Result<()> {
     let payload = module.serialize().map_err(anyhow::Error::from)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    if !private(dir) {
+        anyhow::bail!("{} is not private to this user", dir.display());
+    }
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
     temp.write_all(MAGIC)?;
     temp.write_all(&xxh64(&payload, 0).to_le_bytes())?;

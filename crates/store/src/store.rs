@@ -517,7 +517,7 @@ impl GuestInstance {
     }
 
     /// Raises the abort flag of the program barrier at scratch offset `at`
-    /// and wakes every thread parked on it (guest/README.md, "Barriers"):
+    /// and wakes every thread parked on it (guest/README.md, "The program"):
     /// what a thread whose call failed does, so the others return instead
     /// of waiting for it forever.
     pub fn abort_barrier(&self, at: usize) -> Result<()> {
@@ -573,8 +573,8 @@ impl GuestInstance {
     pub fn read_bytes(&self, at: usize, len: usize) -> Vec<u8> {
         let cells = &self.scratch.data()[at..at + len];
         let mut bytes = vec![0u8; cells.len()];
-        // SAFETY: the cells are `count * 4` bytes of the shared memory (the
-        // slice bounds are checked above); a guest writing concurrently could
+        // SAFETY: the cells are `len` bytes of the shared memory (the slice
+        // bounds are checked above); a guest writing concurrently could
         // only make the values stale, never the read unsound (plain bytes).
         unsafe {
             std::ptr::copy_nonoverlapping(

@@ -161,7 +161,7 @@ impl Metadata<'_> {
         let embd = self.count("embedding_length", None)?;
         let kv_heads = self.count("attention.head_count_kv", Some(heads))?;
         let head_dim = self.count("attention.key_length", Some(embd / heads))?;
-        if heads % kv_heads != 0 || head_dim % 4 != 0 || embd % 32 != 0 {
+        if heads % kv_heads != 0 || head_dim == 0 || head_dim % 4 != 0 || embd % 32 != 0 {
             bail!(
                 "{}: unsupported shape: {heads} heads over {kv_heads} KV heads, head size {head_dim}, embedding {embd}",
                 self.path()
