@@ -443,7 +443,7 @@ fn truncating_past_what_a_sliding_window_ring_holds_gives_the_logits_of_a_fresh_
         session.create_sequence().unwrap(),
     );
     let prompt: Vec<u32> = (0..600u32).map(|i| (i * 7919 + 13) % 262_144).collect();
-    let mut fresh = |session: &mut Session, n: usize| {
+    let fresh = |session: &mut Session, n: usize| {
         session.truncate_sequence(fresh_seq, 0).unwrap();
         bits(&session.decode(&[(fresh_seq, &prompt[..n])]).unwrap()[0])
     };
