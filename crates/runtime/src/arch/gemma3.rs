@@ -130,17 +130,6 @@ impl Architecture for Gemma3 {
     }
 
     fn head(&self, p: &mut ProgramBuilder) -> Result<()> {
-        p.rms_norm(
-            Buffer::Outputs,
-            "output_norm.weight",
-            self.rms_eps,
-            Buffer::Outputs,
-        )?;
-        let output = if p.has_tensor("output.weight") {
-            "output.weight"
-        } else {
-            "token_embd.weight"
-        };
-        p.matmul(output, Buffer::Outputs, Buffer::Logits)
+        super::norm_and_output(p, self.rms_eps)
     }
 }

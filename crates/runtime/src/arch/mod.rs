@@ -12,7 +12,7 @@ mod llama;
 use anyhow::{Result, anyhow, bail};
 use shardload_gguf::{GgufFile, Value};
 
-use crate::program::ProgramBuilder;
+use crate::program::{Buffer, ProgramBuilder};
 
 /// An architecture's forward pass, as operations over the program's named
 /// buffers and the model's tensors.
@@ -25,6 +25,19 @@ pub(crate) trait Architecture: Send + Sync {
     fn layer(&self, layer: usize, program: &mut ProgramBuilder) -> Result<()>;
     /// The gathered output rows (`Buffer::Outputs`) to logits (`Buffer::Logits`).
     fn head(&self, program: &mut ProgramBuilder) -> Result<()>;
+}
+
+/// The output head most architectures share: RMSNorm of the gathered rows,
+/// then `output.weight`, or the embedding when the model ties them (SmolLM2,
+/// Gemma).
+pub(crate) fn norm_and_output(p: &mut ProgramBuilder, rms_eps: f32) -> Result<()> {
+    p.rms_norm(Buffer::Outputs, "output_norm.weight", rms_eps, Buffer::Outputs)?;
+    let output = if p.has_tensor("output.weight") {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    p.matmul(output, Buffer::Outputs, Buffer::Logits)
 }
 
 /// What an architecture file registers: its `general.architecture` name, how
