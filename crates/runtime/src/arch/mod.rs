@@ -31,7 +31,12 @@ pub(crate) trait Architecture: Send + Sync {
 /// then `output.weight`, or the embedding when the model ties them (SmolLM2,
 /// Gemma).
 pub(crate) fn norm_and_output(p: &mut ProgramBuilder, rms_eps: f32) -> Result<()> {
-    p.rms_norm(Buffer::Outputs, "output_norm.weight", rms_eps, Buffer::Outputs)?;
+    p.rms_norm(
+        Buffer::Outputs,
+        "output_norm.weight",
+        rms_eps,
+        Buffer::Outputs,
+    )?;
     let output = if p.has_tensor("output.weight") {
         "output.weight"
     } else {
