@@ -65,6 +65,68 @@ pub mod batch {
     pub const SIZE: usize = OUTPUT_ROWS + 4 * super::MAX_BATCH;
 }
 
+/// A program header's fields (scratch offsets and sizes): [`Header::encode`]
+/// is the one place its layout is written, by every host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// Number of operation records.
+    pub ops: u32,
+    /// Offset of the first operation record.
+    pub ops_at: u32,
+    /// Offset of the batch descriptor.
+    pub batch_at: u32,
+    /// Offset of the barrier's words.
+    pub barrier_at: u32,
+    /// Offset of thread 0's matmul working space.
+    pub tmp_at: u32,
+    /// Bytes of working space per thread.
+    pub tmp_bytes: u32,
+    /// Offset of thread 0's attention scores.
+    pub scores_at: u32,
+    /// Bytes of scores per thread.
+    pub scores_bytes: u32,
+}
+
+impl Header {
+    /// The header's bytes, magic and version included (profiling off).
+    pub fn encode(&self) -> [u8; header::SIZE] {
+        let mut bytes = [0u8; header::SIZE];
+        let fields = [
+            (header::MAGIC, PROGRAM_MAGIC),
+            (header::VERSION, PROGRAM_VERSION),
+            (header::OPS, self.ops),
+            (header::OPS_AT, self.ops_at),
+            (header::BATCH_AT, self.batch_at),
+            (header::BARRIER_AT, self.barrier_at),
+            (header::TMP_AT, self.tmp_at),
+            (header::TMP_BYTES, self.tmp_bytes),
+            (header::SCORES_AT, self.scores_at),
+            (header::SCORES_BYTES, self.scores_bytes),
+        ];
+        for (at, value) in fields {
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+}
+
+/// One operation record: the opcode, then its arguments (at most 15).
+pub fn encode_op(code: Opcode, args: &[u32]) -> [u8; OP_BYTES] {
+    assert!(
+        args.len() < OP_BYTES / 4,
+        "{code:?} has {} arguments",
+        args.len()
+    );
+    let mut bytes = [0u8; OP_BYTES];
+    for (i, word) in std::iter::once(code as u32)
+        .chain(args.iter().copied())
+        .enumerate()
+    {
+        bytes[4 * i..4 * i + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    bytes
+}
+
 /// Byte offsets of the barrier's words: arrivals, generation, threads
 /// parked in `memory.atomic.wait32`, and the abort flag the host raises when
 /// one thread failed.

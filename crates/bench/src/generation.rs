@@ -140,24 +140,18 @@ pub fn barrier_cost(path: &Path, threads: usize, repeats: usize) -> Result<Durat
     let batch = at + header::SIZE + OPS * OP_BYTES;
     let barrier = (batch + abi::batch::SIZE).next_multiple_of(64);
     let buffer = barrier + 64;
-    let mut bytes = vec![0u8; buffer + 64 - at];
-    let mut put = |offset: usize, value: u32| {
-        bytes[offset - at..offset - at + 4].copy_from_slice(&value.to_le_bytes());
+    let head = abi::Header {
+        ops: OPS as u32,
+        ops_at: (at + header::SIZE) as u32,
+        batch_at: batch as u32,
+        barrier_at: barrier as u32,
+        ..abi::Header::default()
     };
-    put(at + header::MAGIC, abi::PROGRAM_MAGIC);
-    put(at + header::VERSION, abi::PROGRAM_VERSION);
-    put(at + header::OPS, OPS as u32);
-    put(at + header::OPS_AT, (at + header::SIZE) as u32);
-    put(at + header::BATCH_AT, batch as u32);
-    put(at + header::BARRIER_AT, barrier as u32);
-    put(batch + abi::batch::TOKENS, 1);
-    for op in 0..OPS {
-        let record = at + header::SIZE + op * OP_BYTES;
-        put(record, Opcode::Scale as u32);
-        put(record + 4, buffer as u32);
-        put(record + 8, 4);
-        put(record + 12, 1f32.to_bits());
-    }
+    let scale = abi::encode_op(Opcode::Scale, &[buffer as u32, 4, 1f32.to_bits()]);
+    let mut bytes = head.encode().to_vec();
+    (0..OPS).for_each(|_| bytes.extend_from_slice(&scale));
+    bytes.extend_from_slice(&1u32.to_le_bytes()); // the batch: one token
+    bytes.resize(buffer + 64 - at, 0);
     let mut guests = vec![first];
     guests[0].write_bytes(at, &bytes)?;
     for _ in 1..threads {

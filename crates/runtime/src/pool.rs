@@ -226,28 +226,30 @@ mod tests {
         let batch = at + header::SIZE + 2 * OP_BYTES;
         let barrier = (batch + abi::batch::SIZE).next_multiple_of(64);
         let buffer = barrier + 64;
-        let mut bytes = vec![0u8; buffer + 2 * width as usize * 4 - at];
-        let mut put = |offset: usize, value: u32| {
-            bytes[offset - at..offset - at + 4].copy_from_slice(&value.to_le_bytes());
+        let head = abi::Header {
+            ops: 2,
+            ops_at: (at + header::SIZE) as u32,
+            batch_at: batch as u32,
+            barrier_at: barrier as u32,
+            ..abi::Header::default()
         };
-        put(at + header::MAGIC, abi::PROGRAM_MAGIC);
-        put(at + header::VERSION, abi::PROGRAM_VERSION);
-        put(at + header::OPS, 2);
-        put(at + header::OPS_AT, (at + header::SIZE) as u32);
-        put(at + header::BATCH_AT, batch as u32);
-        put(at + header::BARRIER_AT, barrier as u32);
-        put(batch + abi::batch::TOKENS, 2);
-        put(batch + abi::batch::IDS, ids[0]);
-        put(batch + abi::batch::IDS + 4, ids[1]);
-        let (embed, scale) = (at + header::SIZE, at + header::SIZE + OP_BYTES);
-        put(embed, Opcode::Embed as u32);
-        put(embed + 4, embd as u32);
-        put(embed + 8, buffer as u32);
-        put(embed + 12, width);
-        put(scale, Opcode::Scale as u32);
-        put(scale + 4, buffer as u32);
-        put(scale + 8, width);
-        put(scale + 12, 2f32.to_bits());
+        let mut bytes = head.encode().to_vec();
+        bytes.extend_from_slice(&abi::encode_op(
+            Opcode::Embed,
+            &[embd as u32, buffer as u32, width],
+        ));
+        bytes.extend_from_slice(&abi::encode_op(
+            Opcode::Scale,
+            &[buffer as u32, width, 2f32.to_bits()],
+        ));
+        // The batch: two tokens, with these ids.
+        let mut descriptor = vec![0u8; abi::batch::SIZE];
+        descriptor[abi::batch::TOKENS..][..4].copy_from_slice(&2u32.to_le_bytes());
+        for (k, id) in ids.iter().enumerate() {
+            descriptor[abi::batch::IDS + 4 * k..][..4].copy_from_slice(&id.to_le_bytes());
+        }
+        bytes.extend_from_slice(&descriptor);
+        bytes.resize(buffer + 2 * width as usize * 4 - at, 0);
         guest.write_bytes(at, &bytes).unwrap();
         (at, barrier)
     }

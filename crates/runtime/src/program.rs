@@ -439,33 +439,27 @@ impl<'a> ProgramBuilder<'a> {
                 end as f64 / f64::from(1 << 30)
             );
         }
-        let mut bytes = vec![0u8; header::SIZE + self.ops.len() * OP_BYTES];
-        let mut put = |offset: usize, value: u32| {
-            bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+        let resolve = |arg: &Arg| match *arg {
+            Arg::Int(v) => v as u32,
+            Arg::F32(v) => v.to_bits(),
+            Arg::Buf(b) => buffers[&b] as u32,
+            Arg::KCache(c) => caches[c].0 as u32,
+            Arg::VCache(c) => caches[c].1 as u32,
         };
-        put(header::MAGIC, abi::PROGRAM_MAGIC);
-        put(header::VERSION, abi::PROGRAM_VERSION);
-        put(header::OPS, self.ops.len() as u32);
-        put(header::OPS_AT, (program + header::SIZE) as u32);
-        put(header::BATCH_AT, batch as u32);
-        put(header::BARRIER_AT, barrier as u32);
-        put(header::TMP_AT, tmp as u32);
-        put(header::TMP_BYTES, tmp_bytes as u32);
-        put(header::SCORES_AT, scores as u32);
-        put(header::SCORES_BYTES, scores_bytes as u32);
-        for (i, op) in self.ops.iter().enumerate() {
-            let record = header::SIZE + i * OP_BYTES;
-            put(record, op.code as u32);
-            for (j, arg) in op.args.iter().enumerate() {
-                let word = match *arg {
-                    Arg::Int(v) => v as u32,
-                    Arg::F32(v) => v.to_bits(),
-                    Arg::Buf(b) => buffers[&b] as u32,
-                    Arg::KCache(c) => caches[c].0 as u32,
-                    Arg::VCache(c) => caches[c].1 as u32,
-                };
-                put(record + 4 * (j + 1), word);
-            }
+        let head = abi::Header {
+            ops: self.ops.len() as u32,
+            ops_at: (program + header::SIZE) as u32,
+            batch_at: batch as u32,
+            barrier_at: barrier as u32,
+            tmp_at: tmp as u32,
+            tmp_bytes: tmp_bytes as u32,
+            scores_at: scores as u32,
+            scores_bytes: scores_bytes as u32,
+        };
+        let mut bytes = head.encode().to_vec();
+        for op in &self.ops {
+            let args: Vec<u32> = op.args.iter().map(resolve).collect();
+            bytes.extend_from_slice(&abi::encode_op(op.code, &args));
         }
         Ok(Program {
             bytes,

@@ -284,7 +284,6 @@ impl WeightStore {
             .collect::<Result<Vec<Func>>>()?;
         let guest = GuestInstance {
             funcs,
-            profile: None,
             scratch,
             scratch_free: self.scratch_free,
             types: self
@@ -379,8 +378,6 @@ pub struct GuestInstance {
     types: Vec<(String, Vec<u64>)>,
     /// Every export of [`EXPORTS`], in its order.
     funcs: Vec<Func>,
-    /// Calls and time per export, when profiling (see [`GuestInstance::set_profiling`]).
-    profile: Option<Vec<(u64, Duration)>>,
     shards: Vec<Memory>,
     names: Vec<String>,
 }
@@ -473,27 +470,6 @@ impl GuestInstance {
             bail!("unsupported type {ty} in tensor {name}: the guest has no kernel for it");
         }
         Ok((name.clone(), dims.first().copied().unwrap_or(0)))
-    }
-
-    /// Starts (or stops) counting calls and time per export: where a forward
-    /// pass spends its time, measured rather than guessed.
-    pub fn set_profiling(&mut self, on: bool) {
-        self.profile = on.then(|| vec![(0, Duration::ZERO); EXPORTS.len()]);
-    }
-
-    /// Calls and total time per export name since profiling started, the
-    /// slowest first (empty when not profiling).
-    pub fn profile(&self) -> Vec<(&'static str, u64, Duration)> {
-        let mut rows: Vec<_> = self
-            .profile
-            .iter()
-            .flatten()
-            .zip(EXPORTS)
-            .filter(|((calls, _), _)| *calls > 0)
-            .map(|(&(calls, time), e)| (e.name, calls, time))
-            .collect();
-        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
-        rows
     }
 
     /// The first scratch byte past the routing tables: where a caller's
@@ -614,12 +590,7 @@ impl GuestInstance {
         let func = wasm(self.funcs[export.index].typed::<P, R>(&self.store))
             .with_context(|| format!("guest export {} has another signature", export.name))?;
         let faults = fault::faults();
-        let started = self.profile.is_some().then(Instant::now);
         let result = func.call(&mut self.store, args);
-        if let (Some(profile), Some(started)) = (&mut self.profile, started) {
-            profile[export.index].0 += 1;
-            profile[export.index].1 += started.elapsed();
-        }
         if fault::faults() != faults {
             bail!(
                 "guest export {} on {}: the model file changed while mapped (pages past its new end \
