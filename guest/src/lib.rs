@@ -166,7 +166,8 @@ fn stream_function(shard: u32) -> String {
 
 /// `$f32_weights_{shard}(p, out, n)`: the n f32 at `out` (n a multiple of 4)
 /// times the F32 weights at `p` in the shard, element by element (norm
-/// weights, read in place); `$f32_at_{shard}(p)`: one F32 weight.
+/// weights, read in place); `$f32_bias_{shard}(p, out, n)`: the same n f32
+/// plus them (biases); `$f32_at_{shard}(p)`: one F32 weight.
 fn f32_weight_functions(shard: u32) -> String {
     let m = shard + 1;
     format!(
@@ -178,6 +179,16 @@ fn f32_weight_functions(shard: u32) -> String {
         (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
         (local.set $at (i32.add (local.get $out) (i32.shl (local.get $i) (i32.const 2))))
         (v128.store $m0 (local.get $at) (f32x4.mul (v128.load $m0 (local.get $at))
+          (v128.load $m{m} (i64.add (local.get $p) (i64.extend_i32_u (i32.shl (local.get $i) (i32.const 2)))))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $each))))
+  (func $f32_bias_{shard} (param $p i64) (param $out i32) (param $n i32)
+    (local $i i32) (local $at i32)
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $at (i32.add (local.get $out) (i32.shl (local.get $i) (i32.const 2))))
+        (v128.store $m0 (local.get $at) (f32x4.add (v128.load $m0 (local.get $at))
           (v128.load $m{m} (i64.add (local.get $p) (i64.extend_i32_u (i32.shl (local.get $i) (i32.const 2)))))))
         (local.set $i (i32.add (local.get $i) (i32.const 4)))
         (br $each))))
@@ -268,6 +279,13 @@ pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
     wat += &shard_dispatch(
         "$f32_weights",
         "f32_weights",
+        &["p i64", "out i32", "n i32"],
+        None,
+        shards,
+    );
+    wat += &shard_dispatch(
+        "$f32_bias",
+        "f32_bias",
         &["p i64", "out i32", "n i32"],
         None,
         shards,

@@ -204,6 +204,9 @@ opcodes! {
     Add = 8, "add";
     /// `[x, width, out]`: the output rows of x, gathered at `out`.
     Gather = 9, "gather";
+    /// `[x, width, tensor]`: each token row of x plus an F32 tensor of
+    /// `width` (the biases of Qwen's Q, K and V projections).
+    Bias = 10, "bias";
 }
 
 /// The placeholders of `wat/program.wat`.

@@ -49,7 +49,7 @@
     (local $tmp i32) (local $scores i32) (local $lo i32) (local $hi i32) (local $b i32) (local $rows i32)
     (local $a1 i32) (local $a2 i32) (local $a3 i32) (local $a4 i32) (local $a5 i32)
     (local $a6 i32) (local $a7 i32) (local $a8 i32) (local $a9 i32) (local $a10 i32)
-    (local $seq i32) (local $pos i32) (local $width4 i32) (local $kv_row4 i32)
+    (local $seq i32) (local $pos i32) (local $width4 i32) (local $kv_row4 i32) (local $fshard i32) (local $fp i64)
     (if (i32.ne (i32.load $m0 (local.get $program)) (i32.const {PROGRAM_MAGIC})) (then unreachable))
     (if (i32.ne (i32.load $m0 offset=4 (local.get $program)) (i32.const {PROGRAM_VERSION})) (then unreachable))
     (if (i32.or (i32.eqz (local.get $threads)) (i32.ge_u (local.get $thread) (local.get $threads))) (then unreachable))
@@ -84,7 +84,7 @@
         (local.set $hi (call $share (local.get $n) (i32.add (local.get $thread) (i32.const 1)) (local.get $threads)))
         (block $next
         (block $bad
-        (block $gather (block $add (block $glu (block $attention (block $store_kv
+        (block $bias (block $gather (block $add (block $glu (block $attention (block $store_kv
         (block $rope (block $matmul (block $rms_norm (block $scale (block $embed
           (br_table {OP_LABELS} $bad (local.get $code)))
         ;; embed [tensor, out, width]
@@ -204,6 +204,19 @@
               (local.get $width4))
             (local.set $b (i32.add (local.get $b) (i32.const 1)))
             (br $each_output)))
+        (br $next))
+        ;; bias [x, width, tensor]: each token row of x plus the F32 tensor (Qwen's Q, K and V).
+        (call $f32_tensor (local.get $a3) (local.get $a2))
+        (local.set $fp) (local.set $fshard)
+        (local.set $width4 (i32.shl (local.get $a2) (i32.const 2)))
+        (local.set $b (local.get $lo))
+        (block $biased
+          (loop $each_row
+            (br_if $biased (i32.ge_u (local.get $b) (local.get $hi)))
+            (call $f32_bias (local.get $fshard) (local.get $fp)
+              (i32.add (local.get $a1) (i32.mul (local.get $b) (local.get $width4))) (local.get $a2))
+            (local.set $b (i32.add (local.get $b) (i32.const 1)))
+            (br $each_row)))
         (br $next))
         ;; An unknown opcode.
         unreachable)

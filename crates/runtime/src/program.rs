@@ -376,6 +376,20 @@ impl<'a> ProgramBuilder<'a> {
         self.push(Opcode::Add, vec![Arg::Buf(into), Arg::Buf(from), width]);
     }
 
+    /// `buffer += bias` on each token row, `bias` an F32 tensor as wide as the buffer.
+    pub(crate) fn bias(&mut self, buffer: Buffer, bias: &str) -> Result<()> {
+        if !matches!(buffer.rows(), Rows::Tokens) {
+            bail!("bias of {buffer:?}: only token rows take a bias");
+        }
+        let width = buffer.width(self.hp);
+        let b = self.tensor(bias, &[width], true)?;
+        self.push(
+            Opcode::Bias,
+            vec![Arg::Buf(buffer), Arg::Int(width as i32), b],
+        );
+        Ok(())
+    }
+
     /// The residual rows whose logits are wanted into [`Buffer::Outputs`]:
     /// what runs between the last layer and an architecture's head.
     pub(crate) fn gather_outputs(&mut self) {

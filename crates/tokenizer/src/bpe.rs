@@ -1,5 +1,5 @@
 //! Byte-level BPE, as llama.cpp's `llm_tokenizer_bpe`: the text is cut into
-//! words by the pre-tokenizer's regexes, each word's bytes are spelled in
+//! words by the pre-tokenizer (`pre.rs`), each word's bytes are spelled in
 //! GPT-2's byte alphabet, and adjacent symbols are merged by merge rank
 //! (lowest first, leftmost on ties) until no merge applies.
 
@@ -7,58 +7,17 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use fancy_regex::Regex;
 use rustc_hash::FxHashMap;
 use shardload_gguf::Value;
 
+use crate::pre::{Family, PreTokenizer};
 use crate::{Error, Tokenizer};
-
-/// The pre-tokenizers supported, by `tokenizer.ggml.pre`.
-#[derive(Clone, Copy)]
-pub(crate) enum Pre {
-    /// `smollm` (also StarCoder's): digits one by one, then GPT-2's words.
-    Smollm,
-    /// `llama-bpe` (Llama 3): up to three digits, case-insensitive contractions.
-    Llama3,
-    /// `default`: punctuation runs, GPT-2's words, numbers, three-digit groups.
-    Default,
-}
-
-/// GPT-2's word regex as llama.cpp writes it (no trailing `|\s+`).
-const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-
-impl Pre {
-    pub(crate) fn from_name(name: &str) -> Option<Pre> {
-        match name {
-            "smollm" => Some(Pre::Smollm),
-            "llama3" | "llama-v3" | "llama-bpe" => Some(Pre::Llama3),
-            "default" => Some(Pre::Default),
-            _ => None,
-        }
-    }
-
-    /// llama.cpp's regexes for this pre-tokenizer (llama-vocab.cpp), applied
-    /// one after another: each splits the pieces the previous one made.
-    fn regexes(self) -> &'static [&'static str] {
-        match self {
-            Pre::Smollm => &[r"\p{N}", GPT2],
-            Pre::Llama3 => &[
-                r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-            ],
-            Pre::Default => &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
-        }
-    }
-
-    fn ignore_merges(self) -> bool {
-        matches!(self, Pre::Llama3)
-    }
-}
 
 /// A missing byte token: the byte is dropped, as llama.cpp drops it.
 const MISSING: u32 = u32::MAX;
 
 pub(crate) struct Bpe {
-    regexes: Vec<Regex>,
+    pre: PreTokenizer,
     ignore_merges: bool,
     /// The token of each byte's GPT-2 character (`Ġ` for a space).
     byte_ids: [u32; 256],
@@ -81,21 +40,15 @@ fn byte_char(byte: u8) -> char {
 
 impl Bpe {
     pub(crate) fn new(
-        pre: Pre,
+        family: &Family,
         merges: &[Value],
         token_to_id: &FxHashMap<Box<[u8]>, u32>,
     ) -> Result<Bpe, Error> {
         const KEY: &str = "tokenizer.ggml.merges";
-        let regexes = pre
-            .regexes()
-            .iter()
-            .map(|r| {
-                Regex::new(r).map_err(|e| Error::Key {
-                    key: "tokenizer.ggml.pre",
-                    message: format!("regex {r}: {e}"),
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let pre = PreTokenizer::new(family).map_err(|message| Error::Key {
+            key: "tokenizer.ggml.pre",
+            message,
+        })?;
         let mut byte_ids = [MISSING; 256];
         for (b, id) in byte_ids.iter_mut().enumerate() {
             let mut buf = [0u8; 4];
@@ -136,8 +89,8 @@ impl Bpe {
             table.entry(pair).or_insert((i as u32, merged));
         }
         Ok(Bpe {
-            regexes,
-            ignore_merges: pre.ignore_merges(),
+            pre,
+            ignore_merges: family.ignore_merges,
             byte_ids,
             merges: table,
         })
@@ -154,7 +107,7 @@ impl Bpe {
         let (text, surrogates) = lenient_utf8(raw);
         if !surrogates.is_empty() {
             // Rare enough to go word by word: stand-ins back to surrogate bytes.
-            split(&self.regexes, &text, &mut |word| {
+            self.pre.split(&text, &mut |word| {
                 let at = word.as_ptr() as usize - text.as_ptr() as usize;
                 let mut bytes = word.as_bytes().to_vec();
                 for &s in surrogates
@@ -170,7 +123,7 @@ impl Bpe {
         }
         // Words repeat: each distinct word is merged once per fragment.
         let mut seen: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
-        split(&self.regexes, &text, &mut |word| {
+        self.pre.split(&text, &mut |word| {
             if let Some(&(start, len)) = seen.get(word) {
                 out.extend_from_within(start..start + len);
                 return;
@@ -258,34 +211,6 @@ pub(crate) struct Session {
     prev: Vec<usize>,
     heap: BinaryHeap<Reverse<Candidate>>,
     spelled: String,
-}
-
-/// Cuts `text` with the first regex into matches and the gaps between them
-/// (both are pieces, as llama.cpp's `unicode_regex_split`), then each piece
-/// with the rest.
-fn split<'t>(regexes: &[Regex], text: &'t str, f: &mut impl FnMut(&'t str)) {
-    let Some((first, rest)) = regexes.split_first() else {
-        f(text);
-        return;
-    };
-    let mut at = 0;
-    for m in first.find_iter(text) {
-        let Ok(m) = m else {
-            // The backtracking limit: only hostile input gets here; the rest
-            // stays one piece rather than failing.
-            break;
-        };
-        if m.start() > at {
-            split(rest, &text[at..m.start()], f);
-        }
-        if m.end() > m.start() {
-            split(rest, m.as_str(), f);
-        }
-        at = m.end();
-    }
-    if at < text.len() {
-        split(rest, &text[at..], f);
-    }
 }
 
 /// Text from bytes as llama.cpp's `unicode_cpts_from_utf8` reads them: a byte

@@ -3,8 +3,9 @@
 //! prompt, so every rule here is llama.cpp's, checked against `llama-tokenize`.
 //!
 //! - `gpt2`: byte-level BPE with ranked merges, after the pre-tokenizer regexes
-//!   llama.cpp uses for `tokenizer.ggml.pre` = `smollm`, `llama-bpe` (Llama 3)
-//!   or `default` (SmolLM2, Llama 3, ...).
+//!   llama.cpp uses for each `tokenizer.ggml.pre` (Qwen, Llama 3 and 4,
+//!   DeepSeek, GPT-2, Falcon, StarCoder, Mistral's Tekken, Kimi K2, ...:
+//!   [`supported_pre_tokenizers`]), run as llama.cpp runs them.
 //! - `llama`: sentencepiece-style score-driven merges over UTF-8 characters,
 //!   spaces as `▁`, byte-fallback tokens `<0xXX>` (Gemma 3, Llama 2, ...).
 //!
@@ -15,12 +16,14 @@
 
 mod bpe;
 mod load;
+mod pre;
 mod special;
 mod spm;
 
 use rustc_hash::FxHashMap;
 
 pub use load::Error;
+pub use pre::supported as supported_pre_tokenizers;
 
 /// Token attributes, as llama.cpp derives them from `tokenizer.ggml.token_type`
 /// (bit flags: llama.cpp may add `CONTROL` to a token it recognises by text).

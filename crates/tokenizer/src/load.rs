@@ -4,7 +4,7 @@
 use rustc_hash::FxHashMap;
 use shardload_gguf::{GgufFile, Value};
 
-use crate::{Kind, Tokenizer, attr, bpe, special, spm};
+use crate::{Kind, Tokenizer, attr, bpe, pre, special, spm};
 
 /// Why a tokenizer could not be built or used.
 #[derive(Debug, thiserror::Error)]
@@ -211,10 +211,25 @@ pub(crate) fn load(file: &GgufFile) -> Result<Tokenizer, Error> {
             ));
         }
     };
-    let pre = typed(file, PRE, "a string", Value::as_str)?;
+    // As llama.cpp: a BPE vocabulary without a pre-tokenizer gets `default`;
+    // sentencepiece has none.
+    let family = if is_spm {
+        None
+    } else {
+        let pre = typed(file, PRE, "a string", Value::as_str)?.unwrap_or("default");
+        Some(pre::find(pre).ok_or_else(|| {
+            err(
+                PRE,
+                format!(
+                    "unsupported pre-tokenizer {pre:?} (supported: {})",
+                    pre::supported().join(", ")
+                ),
+            )
+        })?)
+    };
     let add_bos = typed(file, ADD_BOS, "a bool", flag)?.unwrap_or(
-        // llama.cpp's defaults: sentencepiece adds BOS, BPE only for Llama 3.
-        is_spm || matches!(pre, Some("llama3" | "llama-v3" | "llama-bpe")),
+        // llama.cpp's defaults: sentencepiece adds BOS, BPE as its pre-tokenizer says.
+        family.is_none_or(|f| f.add_bos),
     );
     let add_eos = typed(file, ADD_EOS, "a bool", flag)?.unwrap_or(false);
     let add_space_prefix = typed(file, ADD_SPACE_PREFIX, "a bool", flag)?.unwrap_or(true);
@@ -292,18 +307,10 @@ pub(crate) fn load(file: &GgufFile) -> Result<Tokenizer, Error> {
             add_space_prefix,
         })
     } else {
-        let pre = bpe::Pre::from_name(pre.unwrap_or("default")).ok_or_else(|| {
-            err(
-                PRE,
-                format!(
-                    "unsupported pre-tokenizer {:?} (supported: smollm, llama-bpe, default)",
-                    pre.unwrap_or_default()
-                ),
-            )
-        })?;
+        let family = family.expect("a BPE vocabulary has a pre-tokenizer family");
         let merges = typed(file, MERGES, "an array of strings", Value::as_array)?
             .ok_or_else(|| err(MERGES, "missing: a gpt2 tokenizer needs its merges"))?;
-        Kind::Bpe(bpe::Bpe::new(pre, merges, &token_to_id)?)
+        Kind::Bpe(bpe::Bpe::new(family, merges, &token_to_id)?)
     };
 
     let mut pieces = Vec::with_capacity(texts.len());

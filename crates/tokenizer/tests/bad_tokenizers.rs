@@ -71,10 +71,13 @@ fn a_missing_model_key_is_named() {
 }
 
 #[test]
-fn an_unknown_pre_tokenizer_is_named_with_its_value() {
-    let e = error_of(|k| set(k, "tokenizer.ggml.pre", Value::String("qwen2".into())));
+fn an_unknown_pre_tokenizer_is_named_with_its_value_and_the_supported_list() {
+    let e = error_of(|k| set(k, "tokenizer.ggml.pre", Value::String("qwen9".into())));
     assert!(
-        e.starts_with("tokenizer.ggml.pre:") && e.contains("\"qwen2\""),
+        e.starts_with("tokenizer.ggml.pre:")
+            && e.contains("\"qwen9\"")
+            && e.contains("supported: llama3, ")
+            && e.contains(" qwen2, "),
         "{e}"
     );
 }

@@ -8,6 +8,7 @@
 
 mod gemma3;
 mod llama;
+mod qwen2;
 
 use anyhow::{Result, anyhow, bail};
 use shardload_gguf::{GgufFile, Value};
@@ -54,7 +55,7 @@ pub(crate) struct Entry {
 }
 
 /// Every architecture the runtime runs.
-const REGISTRY: &[Entry] = &[llama::ENTRY, gemma3::ENTRY];
+const REGISTRY: &[Entry] = &[llama::ENTRY, gemma3::ENTRY, qwen2::ENTRY];
 
 /// The chat template for GGUFs of architecture `name` written without one.
 pub(crate) fn default_chat_template(name: &str) -> Option<&'static str> {
