@@ -14,6 +14,10 @@ pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Gemma 3 270M, Q4_K_M: a second architecture and mix of quant types.
 pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 
+/// Qwen2.5-Coder-1.5B-Instruct, Q4_K_M: a real 1.5B model (qwen2 architecture,
+/// Q, K and V biases, NEOX RoPE, its own output matrix).
+pub const QWEN: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,6 +29,17 @@ pub fn model(name: &str) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: run scripts/fetch-models",
+        path.display()
+    );
+    path
+}
+
+/// The path of a vocabulary-only GGUF fetched by `scripts/fetch-vocabs`.
+pub fn vocabulary(name: &str) -> PathBuf {
+    let path = root().join("models/vocab").join(format!("{name}.gguf"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-vocabs",
         path.display()
     );
     path

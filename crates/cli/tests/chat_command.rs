@@ -58,7 +58,7 @@ fn gemma_holds_a_two_turn_conversation_from_piped_stdin() {
     assert!(output.status.success(), "{stderr}");
     // Replies end with a newline. What they say is this small base model's
     // business: llama.cpp's greedy text for a Gemma chat prompt is odd too,
-    // and tests/generate_llama.rs compares the tokens themselves.
+    // and tests/generate.rs compares the tokens themselves.
     assert!(stdout.ends_with('\n'), "{stdout:?}");
     assert!(stdout.trim().len() > 4, "{stdout:?}");
     assert!(stderr.is_empty(), "{stderr}");

@@ -362,8 +362,19 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
     }
 
     let header_end = c.at as u64;
-    let data_offset = header_end.next_multiple_of(alignment);
     let file_size = bytes.len() as u64;
+    if tensors.is_empty() {
+        // A vocabulary-only file (llama.cpp's tokenizer tooling ships them) has
+        // no data section; as llama.cpp, nothing is padded or checked past the header.
+        return Ok(Header {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset: header_end,
+        });
+    }
+    let data_offset = header_end.next_multiple_of(alignment);
     if data_offset > file_size {
         let message = format!(
             "the data section would start at {data_offset}, past the end of the {file_size}-byte file"

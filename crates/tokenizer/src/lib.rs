@@ -23,7 +23,7 @@ mod spm;
 use rustc_hash::FxHashMap;
 
 pub use load::Error;
-pub use pre::supported as supported_pre_tokenizers;
+pub use pre::{families as pre_tokenizer_families, supported as supported_pre_tokenizers};
 
 /// Token attributes, as llama.cpp derives them from `tokenizer.ggml.token_type`
 /// (bit flags: llama.cpp may add `CONTROL` to a token it recognises by text).

@@ -3,30 +3,27 @@
 //! regexes, each cutting the pieces the previous one made into matches and
 //! the gaps between them.
 //!
-//! The regexes are llama.cpp's, character for character, and so is the way
-//! each is run, which decides the ids as much as the regex does:
+//! The regexes are llama.cpp's, character for character, and they run here
+//! with Unicode semantics, as written. llama.cpp runs them three ways, and
+//! for every regex here all three give the same ids:
 //!
-//! - **Unicode**: the regexes llama.cpp runs with a hand-written splitter
-//!   (GPT-2's, Llama 3's, Qwen2's, Qwen3.5's, Kimi K2's) have full Unicode
-//!   semantics; they run here as written.
-//! - **Collapsed**: any other regex naming a Unicode category (`\p{L}`) runs in
-//!   llama.cpp on a "collapsed" text, where every non-ASCII code point is one
-//!   stand-in per category (letter, number, punctuation, mark, symbol, other;
-//!   whitespace as `\v`), and `\p{L}` means that stand-in or `A-Za-z`. So
-//!   `\p{Lu}` is any letter, and Tekken's upper/lower-case lookaheads only
-//!   see ASCII case. Such regexes run here on the same kind of text.
-//! - **Wide**: a regex with no category runs on the code points, non-ASCII
-//!   whitespace replaced (C's `\s` is ASCII only).
+//! - GPT-2's, Llama 3's, Qwen2's, Qwen3.5's and Kimi K2's with hand-written
+//!   splitters of Unicode semantics (Kimi K2's is written as a regex below).
+//! - The others naming a category (`\p{L}`) on a "collapsed" text, one
+//!   stand-in per category: the same as Unicode semantics unless a regex tells
+//!   letters apart by case beyond ASCII, which none here does (Tekken's and
+//!   GPT-4o's case lookaheads only see `a-z` and `A-Z`, so "ÜBER" is cut after
+//!   the "Ü" either way).
+//! - The rest on the code points with non-ASCII whitespace made `\v`: that
+//!   differs only where a literal class holds whitespace (DeepSeek-LLM's holds
+//!   U+3000, so "、　。" is one piece here and two in llama.cpp), and no
+//!   DeepSeek-LLM token contains U+3000 beside another character, so the ids
+//!   agree.
 //!
-//! Stand-ins are chosen of the same UTF-8 length as what they replace, so
-//! every view of the text has the same byte offsets and pieces cut in one
-//! view are pieces of the original.
-
-use std::borrow::Cow;
-use std::sync::OnceLock;
+//! Every family is checked against llama-tokenize on real vocabularies
+//! (crates/tokenizer/tests/llama_cpp_agreement.rs).
 
 use fancy_regex::Regex;
-use regex_syntax::hir::{Class, HirKind};
 
 /// GPT-2's word regex as llama.cpp writes it (no trailing `|\s+`).
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
@@ -36,7 +33,7 @@ const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen3.5's: Qwen2's with combining marks kept in words.
 const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Kimi K2's trigger: llama.cpp runs its own splitter for it, which [`KIMI_K2`] writes as a regex.
+/// Kimi K2's trigger: llama.cpp runs its own splitter for it, which `KIMI_K2` writes as a regex.
 const KIMI_K2_TRIGGER: &str = r"\p{Han}+";
 /// What llama.cpp's Kimi K2 splitter does: runs of Han (its
 /// `unicode_cpt_is_han` ranges), words of other letters with an optional
@@ -47,8 +44,6 @@ const KIMI_K2: &str = concat!(
     r"(?:'[sStTmMdD]|'[rR][eE]|'[vV][eE]|'[lL][lL])?",
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 );
-/// The regexes llama.cpp has hand-written splitters for (Unicode semantics).
-const UNICODE_SPLITTERS: &[&str] = &[GPT2, LLAMA3, QWEN2, QWEN35, KIMI_K2_TRIGGER];
 
 /// llama.cpp's pre-tokenizer types that byte-level BPE models use: the names
 /// `tokenizer.ggml.pre` gives them, their regexes (llama-vocab.cpp), and the
@@ -222,265 +217,67 @@ pub fn supported() -> Vec<&'static str> {
         .collect()
 }
 
-/// How llama.cpp runs one regex (see the module documentation).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum View {
-    Unicode,
-    Collapsed,
-    Wide,
+/// The supported names grouped by the regexes they share: one group per
+/// llama.cpp pre-tokenizer type (for documentation, and for tests that check
+/// each against llama.cpp).
+pub fn families() -> impl Iterator<Item = &'static [&'static str]> {
+    FAMILIES.iter().map(|f| f.names)
 }
 
-/// llama.cpp's category names, each with the category it collapses to.
-const CATEGORY_NAMES: &[(&str, Category)] = &[
-    (r"\p{N}", Category::Number),
-    (r"\p{L}", Category::Letter),
-    (r"\p{P}", Category::Punctuation),
-    (r"\p{M}", Category::Mark),
-    (r"\p{S}", Category::Symbol),
-    (r"\p{Lu}", Category::Letter),
-    (r"\p{Ll}", Category::Letter),
-    (r"\p{Lt}", Category::Letter),
-    (r"\p{Lm}", Category::Letter),
-    (r"\p{Lo}", Category::Letter),
-];
-
-/// The categories of the collapsed text (llama.cpp's stand-in bytes 0xD0..0xD5).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Category {
-    Other = 0,
-    Number = 1,
-    Letter = 2,
-    Punctuation = 3,
-    Mark = 4,
-    Symbol = 5,
-}
-
-impl Category {
-    /// The ASCII characters of the category, as llama.cpp's `k_ucat_map`
-    /// lists them, in Rust's class syntax.
-    fn ascii(self) -> &'static str {
-        match self {
-            Category::Number => "0-9",
-            Category::Letter => "A-Za-z",
-            Category::Punctuation => r"!-#%-*,-/:-;?-@\[-\]_\{\}",
-            Category::Mark | Category::Other => "",
-            Category::Symbol => r"\$\+<->\^`\|\~",
-        }
-    }
-
-    /// The stand-ins of the category for code points of UTF-8 length 2, 3 and 4.
-    fn stand_ins(self) -> [char; 3] {
-        let k = self as u32;
-        [0x100 + k, 0xE000 + k, 0xF0000 + k].map(|c| char::from_u32(c).unwrap_or('\u{100}'))
-    }
-}
-
-/// The stand-in of non-ASCII whitespace of UTF-8 length 2 or 3 (none is longer):
-/// whitespace to `\s`, and in no literal class of any regex above.
-fn whitespace_stand_in(len: usize) -> char {
-    if len == 2 { '\u{85}' } else { '\u{2000}' }
-}
-
-/// llama.cpp's `unicode_set_whitespace` (Unicode's White_Space).
-fn is_whitespace(c: char) -> bool {
-    matches!(c, '\t'..='\r' | ' ' | '\u{85}' | '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}'
-        | '\u{2028}' | '\u{2029}' | '\u{202F}' | '\u{205F}' | '\u{3000}')
-}
-
-/// The general category of non-ASCII code points, as sorted ranges.
-fn categories() -> &'static [(u32, u32, Category)] {
-    static TABLE: OnceLock<Vec<(u32, u32, Category)>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut table = Vec::new();
-        for (name, category) in &CATEGORY_NAMES[..5] {
-            let hir = regex_syntax::parse(name).expect("a Unicode category regex-syntax knows");
-            if let HirKind::Class(Class::Unicode(class)) = hir.kind() {
-                table.extend(
-                    class
-                        .ranges()
-                        .iter()
-                        .map(|r| (u32::from(r.start()), u32::from(r.end()), *category)),
-                );
-            }
-        }
-        table.sort_unstable_by_key(|&(start, _, _)| start);
-        table
-    })
-}
-
-fn category(c: char) -> Category {
-    let c = u32::from(c);
-    let table = categories();
-    let i = table.partition_point(|&(start, _, _)| start <= c);
-    match i.checked_sub(1).map(|i| table[i]) {
-        Some((_, end, category)) if c <= end => category,
-        _ => Category::Other,
-    }
-}
-
-/// `regex` with each category rewritten as llama.cpp rewrites it for the
-/// collapsed text: `\p{L}` is `[<stand-ins>A-Za-z]` (inside a class, without
-/// the brackets). The scan is llama.cpp's, quirks included.
-fn collapse_regex(regex: &str) -> String {
-    let bytes = regex.as_bytes();
-    let mut out = String::with_capacity(regex.len() * 2);
-    let mut inside = false;
-    let mut i = 0;
-    while i < regex.len() {
-        let b = bytes[i];
-        if b == b'[' && (i == 0 || bytes[i - 1] != b'\\') {
-            out.push('[');
-            inside = true;
-            i += 1;
-            continue;
-        }
-        if inside && b == b']' && bytes[i - 1] != b'\\' {
-            out.push(']');
-            inside = false;
-            i += 1;
-            continue;
-        }
-        if let Some(&(name, category)) = CATEGORY_NAMES
-            .iter()
-            .find(|(name, _)| regex[i..].starts_with(name))
-        {
-            if !inside {
-                out.push('[');
-            }
-            out.extend(category.stand_ins());
-            out.push_str(category.ascii());
-            if !inside {
-                out.push(']');
-            }
-            i += name.len();
-            continue;
-        }
-        let c = regex[i..].chars().next().unwrap_or('\0');
-        out.push(c);
-        i += c.len_utf8();
-    }
-    out
-}
-
-/// A family's regexes, compiled for the views llama.cpp runs them on.
+/// A family's regexes, compiled.
 pub(crate) struct PreTokenizer {
-    splits: Vec<(View, Regex)>,
+    regexes: Vec<Regex>,
 }
 
 impl PreTokenizer {
     /// The pre-tokenizer of `family`; an error is a regex that does not compile.
     pub(crate) fn new(family: &Family) -> Result<PreTokenizer, String> {
-        let splits = family
+        let regexes = family
             .regexes
             .iter()
             .map(|&regex| {
-                let (view, text) = if UNICODE_SPLITTERS.contains(&regex) {
-                    let text = if regex == KIMI_K2_TRIGGER {
-                        KIMI_K2
-                    } else {
-                        regex
-                    };
-                    (View::Unicode, Cow::Borrowed(text))
-                } else if CATEGORY_NAMES.iter().any(|(name, _)| regex.contains(name)) {
-                    (View::Collapsed, Cow::Owned(collapse_regex(regex)))
+                let text = if regex == KIMI_K2_TRIGGER {
+                    KIMI_K2
                 } else {
-                    (View::Wide, Cow::Borrowed(regex))
+                    regex
                 };
-                Regex::new(&text)
-                    .map(|r| (view, r))
-                    .map_err(|e| format!("regex {regex}: {e}"))
+                Regex::new(text).map_err(|e| format!("regex {regex}: {e}"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(PreTokenizer { splits })
+        Ok(PreTokenizer { regexes })
     }
 
     /// Calls `f` with each word of `text`, in order.
     pub(crate) fn split<'t>(&self, text: &'t str, f: &mut impl FnMut(&'t str)) {
-        let needs = |view| self.splits.iter().any(|(v, _)| *v == view);
-        let ascii = text.is_ascii();
-        let collapsed = (needs(View::Collapsed) && !ascii).then(|| collapse_text(text));
-        let wide = (needs(View::Wide) && !ascii).then(|| wide_text(text));
-        let views: Vec<&str> = self
-            .splits
-            .iter()
-            .map(|(view, _)| match view {
-                View::Collapsed => collapsed.as_deref().unwrap_or(text),
-                View::Wide => wide.as_deref().unwrap_or(text),
-                View::Unicode => text,
-            })
-            .collect();
-        split_range(&self.splits, &views, text, 0, text.len(), f);
+        split(&self.regexes, text, f);
     }
 }
 
-/// The collapsed view: ASCII as is, whitespace and each category as its stand-in.
-fn collapse_text(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            let len = c.len_utf8();
-            if len == 1 {
-                c
-            } else if is_whitespace(c) {
-                whitespace_stand_in(len)
-            } else {
-                category(c).stand_ins()[len - 2]
-            }
-        })
-        .collect()
-}
-
-/// The wide view: the code points, non-ASCII whitespace as its stand-in.
-fn wide_text(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.len_utf8() > 1 && is_whitespace(c) {
-                whitespace_stand_in(c.len_utf8())
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
-/// Cuts bytes `[start, end)` with the first regex (on its view) into matches
-/// and the gaps between them, then each piece with the rest.
-fn split_range<'t>(
-    splits: &[(View, Regex)],
-    views: &[&str],
-    text: &'t str,
-    start: usize,
-    end: usize,
-    f: &mut impl FnMut(&'t str),
-) {
-    let Some(((_, regex), rest)) = splits.split_first() else {
-        f(&text[start..end]);
+/// Cuts `text` with the first regex into matches and the gaps between them
+/// (both are pieces, as llama.cpp's `unicode_regex_split`), then each piece
+/// with the rest.
+fn split<'t>(regexes: &[Regex], text: &'t str, f: &mut impl FnMut(&'t str)) {
+    let Some((first, rest)) = regexes.split_first() else {
+        f(text);
         return;
     };
-    let view = &views[0][start..end];
     let mut at = 0;
-    for m in regex.find_iter(view) {
+    for m in first.find_iter(text) {
         let Ok(m) = m else {
             // The backtracking limit: only hostile input gets here; the rest
             // stays one piece rather than failing.
             break;
         };
         if m.start() > at {
-            split_range(rest, &views[1..], text, start + at, start + m.start(), f);
+            split(rest, &text[at..m.start()], f);
         }
         if m.end() > m.start() {
-            split_range(
-                rest,
-                &views[1..],
-                text,
-                start + m.start(),
-                start + m.end(),
-                f,
-            );
+            split(rest, m.as_str(), f);
         }
         at = m.end();
     }
-    if at < view.len() {
-        split_range(rest, &views[1..], text, start + at, end, f);
+    if at < text.len() {
+        split(rest, &text[at..], f);
     }
 }
 
@@ -512,16 +309,9 @@ mod tests {
     }
 
     #[test]
-    fn stand_ins_keep_byte_offsets() {
-        let text = "a é 中 😀 \u{3000}\u{a0}x";
-        assert_eq!(collapse_text(text).len(), text.len());
-        assert_eq!(wide_text(text).len(), text.len());
-    }
-
-    #[test]
-    fn collapsed_case_lookaheads_see_only_ascii_case() {
-        // llama.cpp's collapsed text has no case beyond ASCII: "Ü" can end a
-        // lower-case run, so Tekken cuts "ÜBER" after it.
+    fn case_lookaheads_see_only_ascii_case() {
+        // Tekken's lookaheads know no case beyond ASCII: "Ü" can end a
+        // lower-case run, so "ÜBER" is cut after it.
         assert_eq!(words("tekken", "ÜBER"), ["Ü", "BER"]);
     }
 

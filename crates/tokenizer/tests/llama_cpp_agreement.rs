@@ -1,10 +1,15 @@
-//! The real models' tokenizers give exactly llama.cpp's ids on every committed
-//! case (tests/reference/tokenize-*.json, written by scripts/llama-reference
-//! with `llama-tokenize`), with special tokens parsed and not.
+//! The real models' tokenizers, and every vocabulary of scripts/fetch-vocabs
+//! (llama.cpp's own vocabulary-only GGUFs of many model families, and Llama
+//! 3's with each other pre-tokenizer), give exactly llama.cpp's ids on every
+//! committed case (tests/reference/tokenize-*.json and
+//! tests/reference/vocab/, written by scripts/llama-reference), with special
+//! tokens parsed and not.
 
-use shardload_gguf::GgufFile;
-use shardload_suite::{GEMMA, SMOLLM2, model, root};
-use shardload_tokenizer::Tokenizer;
+use std::path::Path;
+
+use shardload_gguf::{GgufFile, Value};
+use shardload_suite::{GEMMA, QWEN, SMOLLM2, model, root, vocabulary};
+use shardload_tokenizer::{Tokenizer, pre_tokenizer_families};
 
 fn cases() -> Vec<(String, Vec<u8>)> {
     let path = root().join("tests/reference/tokenize-cases.json");
@@ -40,8 +45,15 @@ fn ids(value: &serde_json::Value) -> Vec<u32> {
 }
 
 fn agrees_with_llama_cpp(model_file: &str, reference: &str) {
-    let file = GgufFile::open(model(model_file)).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let failures = differences(&model(model_file), reference);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// How the tokenizer of `model_path` differs from llama.cpp's reference ids.
+fn differences(model_path: &Path, reference: &str) -> Vec<String> {
+    let file = GgufFile::open(model_path).unwrap();
+    let tokenizer =
+        Tokenizer::from_gguf(&file).unwrap_or_else(|e| panic!("{}: {e}", model_path.display()));
     let path = root().join("tests/reference").join(reference);
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("the committed reference")).unwrap();
@@ -70,13 +82,18 @@ fn agrees_with_llama_cpp(model_file: &str, reference: &str) {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases differ from llama.cpp:\n{}",
-        failures.len(),
-        2 * cases.len(),
-        failures.join("\n")
-    );
+    if !failures.is_empty() {
+        failures.insert(
+            0,
+            format!(
+                "{}: {} of {} cases differ from llama.cpp:",
+                model_path.display(),
+                failures.len(),
+                2 * cases.len()
+            ),
+        );
+    }
+    failures
 }
 
 #[test]
@@ -87,4 +104,66 @@ fn smollm2_ids_equal_llama_cpp_on_every_case() {
 #[test]
 fn gemma3_ids_equal_llama_cpp_on_every_case() {
     agrees_with_llama_cpp(GEMMA, "tokenize-gemma3.json");
+}
+
+#[test]
+fn qwen2_coder_ids_equal_llama_cpp_on_every_case() {
+    agrees_with_llama_cpp(QWEN, "tokenize-qwen2-coder.json");
+}
+
+/// The committed vocabulary references: (vocabulary name, reference file).
+fn vocabulary_references() -> Vec<(String, String)> {
+    let mut refs: Vec<(String, String)> = std::fs::read_dir(root().join("tests/reference/vocab"))
+        .expect("the committed vocabulary references")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter_map(|f| {
+            let name = f
+                .strip_prefix("tokenize-")?
+                .strip_suffix(".json")?
+                .to_string();
+            Some((name, format!("vocab/{f}")))
+        })
+        .collect();
+    refs.sort();
+    refs
+}
+
+#[test]
+fn every_vocabulary_gives_llama_cpp_ids_on_every_case() {
+    let refs = vocabulary_references();
+    assert!(refs.len() >= 30, "{} vocabulary references", refs.len());
+    let failures: Vec<String> = refs
+        .iter()
+        .flat_map(|(name, reference)| differences(&vocabulary(name), reference))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_pre_tokenizer_family_is_checked_against_llama_cpp() {
+    let checked: Vec<String> = vocabulary_references()
+        .iter()
+        .filter_map(|(name, _)| {
+            let file = GgufFile::open(vocabulary(name)).unwrap();
+            let pre = match file.get("tokenizer.ggml.model").and_then(Value::as_str) {
+                Some("gpt2") => file.get("tokenizer.ggml.pre").and_then(Value::as_str),
+                _ => return None,
+            };
+            Some(pre.unwrap_or("default").to_string())
+        })
+        .collect();
+    for family in pre_tokenizer_families() {
+        assert!(
+            family.iter().any(|name| checked.iter().any(|c| c == name)),
+            "no vocabulary checks the pre-tokenizer family {family:?}"
+        );
+    }
+}
+
+#[test]
+fn vocabulary_only_files_tokenize() {
+    let file = GgufFile::open(vocabulary("qwen2")).unwrap();
+    assert!(file.header.tensors.is_empty());
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    assert_eq!(tokenizer.encode(b"Hello world", true, true), [9707, 1879]);
 }

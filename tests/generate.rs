@@ -1,4 +1,5 @@
-//! The llama forward pass in the guest against llama.cpp (references written
+//! The forward pass in the guest against llama.cpp, for every real model
+//! (SmolLM2: llama, Gemma 3: gemma3, Qwen2.5-Coder: qwen2; references written
 //! by scripts/llama-reference from llama.cpp 0c1e570, never built in CI):
 //! greedy continuations, logits, and the properties the runtime promises.
 
@@ -8,7 +9,7 @@ use shardload_runtime::{
     Hyperparameters, Sampler, SamplerConfig, SequenceId, Session, SessionOptions, StageOutput,
 };
 use shardload_store::{LoadMode, OpenModel, WeightStore};
-use shardload_suite::{GEMMA, SMOLLM2, model, root};
+use shardload_suite::{GEMMA, QWEN, SMOLLM2, model, root};
 
 /// llama.cpp's own greedy text differs between two of its setups at steps
 /// whose top-2 logits are this close (shared/notes/reference-data.md): below
@@ -177,10 +178,13 @@ const LOGIT_TOLERANCE: f32 = 1.0;
 /// among the top 10); the logits span about -10..22.
 const GEMMA_LOGIT_TOLERANCE: f32 = 0.75;
 
-#[test]
-fn gemma_logits_including_past_the_sliding_window_are_within_tolerance_of_llama_cpp() {
-    let reference = reference("greedy-gemma3.json");
-    let (_store, mut session) = session(GEMMA, 2, 1024);
+/// Checks our logits at the last prompt position of every case of `file`
+/// that stores llama.cpp's top 1000 (`logits_top`): a common offset below
+/// 0.5 (softmax ignores it), and centred differences within `tolerance`.
+/// Returns the prompt lengths checked.
+fn top_logits_within_tolerance(name: &str, file: &str, tolerance: f32) -> Vec<usize> {
+    let reference = reference(file);
+    let (_store, mut session) = session(name, 2, 1024);
     let mut checked = Vec::new();
     for case in reference["cases"].as_array().unwrap() {
         let Some(top) = case.get("logits_top") else {
@@ -201,18 +205,46 @@ fn gemma_logits_including_past_the_sliding_window_are_within_tolerance_of_llama_
             .map(|d| (d - offset).abs())
             .fold(0f32, f32::max);
         assert!(offset.abs() < 0.5, "{}: offset {offset}", case["name"]);
-        assert!(
-            worst <= GEMMA_LOGIT_TOLERANCE,
-            "{}: centred max {worst}",
-            case["name"]
-        );
+        assert!(worst <= tolerance, "{}: centred max {worst}", case["name"]);
         checked.push(prompt.len());
     }
+    checked
+}
+
+#[test]
+fn gemma_logits_including_past_the_sliding_window_are_within_tolerance_of_llama_cpp() {
+    let checked = top_logits_within_tolerance(GEMMA, "greedy-gemma3.json", GEMMA_LOGIT_TOLERANCE);
     assert_eq!(checked.len(), 2);
     assert!(
         checked.iter().any(|&n| n > 512),
         "a prompt past the sliding window: {checked:?}"
     );
+}
+
+/// Qwen2.5-Coder's greedy continuations part from llama.cpp's only where
+/// llama.cpp's own top two are this close (measured below).
+const QWEN_NEAR_TIE: f64 = 0.5;
+
+#[test]
+fn qwen2_greedy_continuations_match_llama_cpp_except_at_near_ties() {
+    let (identical, cases, widest) =
+        greedy_against_llama_cpp(QWEN, "greedy-qwen2-coder.json", QWEN_NEAR_TIE);
+    assert_eq!(cases, 11);
+    assert!(
+        identical >= 6,
+        "only {identical} of {cases} continuations identical (widest gap {widest})"
+    );
+}
+
+/// Qwen2.5-Coder's logits against llama.cpp's top 1000 at the last position
+/// of two prompts (the chat and the capital; measured below).
+const QWEN_LOGIT_TOLERANCE: f32 = 1.0;
+
+#[test]
+fn qwen2_logits_are_within_tolerance_of_llama_cpp() {
+    let checked =
+        top_logits_within_tolerance(QWEN, "greedy-qwen2-coder.json", QWEN_LOGIT_TOLERANCE);
+    assert_eq!(checked.len(), 2);
 }
 
 #[test]
