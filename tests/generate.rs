@@ -97,7 +97,7 @@ fn greedy(logits: &[f32]) -> u32 {
 /// the rest of the case is still compared.
 fn greedy_against_llama_cpp(name: &str, file: &str, near_tie: f64) -> (usize, usize, f64) {
     let reference = reference(file);
-    let (_store, mut session) = session(name, 2, 1024);
+    let (_store, mut session) = session_with_threads(name, 2, 1024, 2);
     let (mut identical, mut cases, mut widest) = (0, 0, 0f64);
     for case in reference["cases"].as_array().unwrap() {
         let label = case["name"].as_str().unwrap();
@@ -131,6 +131,9 @@ fn greedy_against_llama_cpp(name: &str, file: &str, near_tie: f64) -> (usize, us
         identical += usize::from(!parted);
         cases += 1;
     }
+    eprintln!(
+        "{name}: {identical} of {cases} continuations identical, widest gap where parted {widest}"
+    );
     (identical, cases, widest)
 }
 
@@ -205,6 +208,10 @@ fn top_logits_within_tolerance(name: &str, file: &str, tolerance: f32) -> Vec<us
             .map(|d| (d - offset).abs())
             .fold(0f32, f32::max);
         assert!(offset.abs() < 0.5, "{}: offset {offset}", case["name"]);
+        eprintln!(
+            "{name} {}: offset {offset}, centred max {worst}",
+            case["name"]
+        );
         assert!(worst <= tolerance, "{}: centred max {worst}", case["name"]);
         checked.push(prompt.len());
     }
@@ -221,24 +228,23 @@ fn gemma_logits_including_past_the_sliding_window_are_within_tolerance_of_llama_
     );
 }
 
-/// Qwen2.5-Coder's greedy continuations part from llama.cpp's only where
-/// llama.cpp's own top two are this close (measured below).
-const QWEN_NEAR_TIE: f64 = 0.5;
-
 #[test]
 fn qwen2_greedy_continuations_match_llama_cpp_except_at_near_ties() {
     let (identical, cases, widest) =
-        greedy_against_llama_cpp(QWEN, "greedy-qwen2-coder.json", QWEN_NEAR_TIE);
+        greedy_against_llama_cpp(QWEN, "greedy-qwen2-coder.json", NEAR_TIE);
     assert_eq!(cases, 11);
+    // Measured: 8 of 11 identical; the others part at top-2 gaps up to 0.043.
     assert!(
-        identical >= 6,
+        identical >= 7,
         "only {identical} of {cases} continuations identical (widest gap {widest})"
     );
 }
 
 /// Qwen2.5-Coder's logits against llama.cpp's top 1000 at the last position
-/// of two prompts (the chat and the capital; measured below).
-const QWEN_LOGIT_TOLERANCE: f32 = 1.0;
+/// of two prompts (the capital and the chat). Measured: common offsets of
+/// -0.0005 and -0.019, centred differences up to 0.35 and 0.25 (the logits
+/// span about -5..25): within the 8-bit activation noise both runtimes share.
+const QWEN_LOGIT_TOLERANCE: f32 = 0.5;
 
 #[test]
 fn qwen2_logits_are_within_tolerance_of_llama_cpp() {

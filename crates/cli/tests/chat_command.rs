@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 
 use shardload_gguf::GgufFile;
 use shardload_runtime::{CHAT_TEMPLATE_KEY, ChatTemplate, Message};
-use shardload_suite::{GEMMA, SMOLLM2, model};
+use shardload_suite::{GEMMA, QWEN, SMOLLM2, model};
 use shardload_tokenizer::Tokenizer;
 
 /// Runs `shardload chat ARGS` with `input` piped to its stdin.
@@ -62,6 +62,49 @@ fn gemma_holds_a_two_turn_conversation_from_piped_stdin() {
     assert!(stdout.ends_with('\n'), "{stdout:?}");
     assert!(stdout.trim().len() > 4, "{stdout:?}");
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn qwen_answers_a_coding_question_with_code() {
+    let path = model(QWEN);
+    let output = chat(
+        &[path.to_str().unwrap(), "--temp", "0", "-n", "64"],
+        "Write a Python function that reverses a string.\n",
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("```python") && stdout.contains("def ") && stdout.contains("[::-1]"),
+        "{stdout:?}"
+    );
+}
+
+#[test]
+fn qwen_template_renders_as_jinja2_renders_it() {
+    let file = GgufFile::open(model(QWEN)).unwrap();
+    let template = ChatTemplate::from_gguf(&file).unwrap();
+    // Qwen2.5's template (tool-calling branches and all), rendered by Python's
+    // jinja2 3.1.6 for the same messages: its default system message when
+    // none is given, then ChatML.
+    assert_eq!(
+        template
+            .render(&[Message::new("user", "Hi")], true)
+            .unwrap(),
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let conversation = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "Hi"),
+        Message::new("assistant", "Hello!"),
+        Message::new("user", "2+2?"),
+    ];
+    assert_eq!(
+        template.render(&conversation, true).unwrap(),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+         <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
 }
 
 #[test]
