@@ -579,7 +579,7 @@ fn an_unsupported_architecture_is_refused_by_name_before_anything_runs() {
         .unwrap()
         .to_string();
     assert!(
-        error.contains("unsupported architecture mamba (supported: llama, gemma3)"),
+        error.contains("unsupported architecture mamba (supported: llama, gemma3, qwen2)"),
         "{error}"
     );
 }

@@ -125,14 +125,7 @@ pub fn run(args: &ChatArgs) -> Result<ExitCode> {
             continue;
         }
         messages.push(Message::new("user", text));
-        let prompt = template.render(&messages, true)?;
-        let mut tokens = tokenizer.encode(prompt.as_bytes(), false, true);
-        if tokenizer.adds_bos()
-            && let Some(bos) = tokenizer.bos()
-            && tokens.first() != Some(&bos)
-        {
-            tokens.insert(0, bos);
-        }
+        let tokens = template.prompt_tokens(&tokenizer, &messages)?;
         if tokens.len() > args.session.ctx {
             eprintln!(
                 "shardload: the context is full: the conversation is {} tokens, more than --ctx {}; it ends here (raise --ctx for longer ones)",

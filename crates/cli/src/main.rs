@@ -10,6 +10,7 @@ mod generate_cmd;
 mod guest_cmd;
 mod plan_cmd;
 mod run_cmd;
+mod serve_cmd;
 mod synth_cmd;
 mod tokenize_cmd;
 mod units;
@@ -133,6 +134,22 @@ map files), instantiates the guest, verifies every tensor's XXH64 and runs one d
 sweep. Open the printed URL; ?run=1 starts at once and writes a JSON report into #report.
 Needs a browser with memory64, multi-memory and SIMD (relaxed SIMD is used when present).")]
     Web(WebArgs),
+    /// Serve the model over HTTP: OpenAI's API and llama-server's, several conversations batched together.
+    #[command(after_help = "Examples:
+  shardload serve                                            # the default model, http://127.0.0.1:8080/v1
+  shardload serve models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --parallel 8 --ctx 8192
+  shardload serve --port 0 --api-key secret                  # any free port (printed); keyed
+  curl -s localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}], \"temperature\": 0}'
+
+Routes: GET /health (503 until the model is loaded), /v1/models; POST /v1/chat/completions and
+/v1/completions (\"stream\": true for Server-Sent Events), /tokenize, /detokenize, /apply-template.
+Each slot is a sequence with its own KV cache of --ctx tokens; every step puts the next token of
+every running completion and a chunk of any prompt being read through one batch of the guest, so
+the weights are read once per step for all. A request whose prompt extends a slot's cached tokens
+(the next turn of a chat) evaluates only the new part. Greedy (temperature 0) and seeded requests
+give the same tokens alone or beside others. Errors are OpenAI's {\"error\": {message, type, code}}.")]
+    Serve(serve_cmd::ServeArgs),
 }
 
 /// How to split a model: shared by every command that plans.
@@ -443,6 +460,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate_cmd::run(&args),
         Command::Chat(args) => chat_cmd::run(&args),
         Command::Web(args) => web_cmd::run(&args),
+        Command::Serve(args) => serve_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

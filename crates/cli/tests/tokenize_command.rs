@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use shardload_suite::{GEMMA, SMOLLM2, model, root};
+use shardload_suite::{GEMMA, SMOLLM2, model, root, vocabulary};
 
 fn shardload(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shardload"))
@@ -141,4 +141,29 @@ fn text_and_file_together_are_refused() {
     let output = shardload(&["tokenize"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to tokenize"));
+}
+
+#[test]
+fn a_vocabulary_only_gguf_tokenizes_but_plan_run_and_generate_refuse_it() {
+    let path = vocabulary("qwen2");
+    let path = path.to_str().unwrap();
+    let text = case_text("han kana hangul mix");
+    let ids = json_ids(&shardload(&["tokenize", path, &text, "--json"]));
+    assert_eq!(
+        ids,
+        reference("vocab/tokenize-qwen2.json", "han kana hangul mix", "ids")
+    );
+    for command in [
+        vec!["plan", path],
+        vec!["run", path],
+        vec!["generate", path, "-p", "hi"],
+    ] {
+        let output = shardload(&command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{command:?} accepted it");
+        assert!(
+            stderr.contains(path) && stderr.contains("the model has no tensors"),
+            "{command:?}: {stderr}"
+        );
+    }
 }

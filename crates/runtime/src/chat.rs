@@ -34,6 +34,7 @@ impl Message {
 /// A compiled chat template with the model's BOS and EOS texts.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -73,6 +74,11 @@ impl ChatTemplate {
         .with_context(|| format!("the model's {CHAT_TEMPLATE_KEY}"))
     }
 
+    /// The template's Jinja source (what llama-server's `/props` shows).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Compiles a template's source, with the texts of the BOS and EOS tokens.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
         let mut env = Environment::new();
@@ -89,6 +95,7 @@ impl ChatTemplate {
             .map_err(|e| anyhow!("cannot compile the chat template: {e:#}"))?;
         Ok(ChatTemplate {
             env,
+            source: source.to_owned(),
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
         })
@@ -112,6 +119,27 @@ impl ChatTemplate {
                 })
             })
             .map_err(|e| anyhow!("rendering the chat template: {e:#}"))
+    }
+}
+
+impl ChatTemplate {
+    /// The tokens of `messages` rendered with the generation prompt, special
+    /// tokens parsed, BOS first where the model adds one and the template did
+    /// not write it: the one way `chat` and `serve` turn a conversation into a prompt.
+    pub fn prompt_tokens(
+        &self,
+        tokenizer: &shardload_tokenizer::Tokenizer,
+        messages: &[Message],
+    ) -> Result<Vec<u32>> {
+        let prompt = self.render(messages, true)?;
+        let mut tokens = tokenizer.encode(prompt.as_bytes(), false, true);
+        if tokenizer.adds_bos()
+            && let Some(bos) = tokenizer.bos()
+            && tokens.first() != Some(&bos)
+        {
+            tokens.insert(0, bos);
+        }
+        Ok(tokens)
     }
 }
 

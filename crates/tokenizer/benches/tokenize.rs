@@ -1,9 +1,10 @@
 //! Tokenizer speed next to llama.cpp's, on the same text and machine, in one
-//! run (on demand: `cargo bench -p shardload-tokenizer`; needs llama.cpp from
-//! scripts/build-llama-cpp and the models from scripts/fetch-models).
+//! run, for the real models and every vocabulary of scripts/fetch-vocabs (on
+//! demand: `cargo bench -p shardload-tokenizer`; needs llama.cpp from
+//! scripts/build-llama-cpp, scripts/fetch-models and scripts/fetch-vocabs).
 //!
 //! The text: every committed case (prose, code, eight scripts, emoji, special
-//! tokens) repeated to about 4 MB. Ours: `encode` with BOS and special tokens
+//! tokens) repeated to about 1 MB. Ours: `encode` with BOS and special tokens
 //! parsed, best of 3. llama.cpp: `llama-tokenize -f FILE --ids` on the text,
 //! minus the same on a tiny file (model load and start-up), best of 3.
 
@@ -11,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shardload_gguf::GgufFile;
-use shardload_suite::{GEMMA, SMOLLM2, model, root};
+use shardload_suite::{GEMMA, QWEN, SMOLLM2, model, root};
 use shardload_tokenizer::Tokenizer;
 
 fn corpus() -> Vec<u8> {
@@ -27,7 +28,7 @@ fn corpus() -> Vec<u8> {
         }
     }
     let mut text = Vec::new();
-    while text.len() < 4 << 20 {
+    while text.len() < 1 << 20 {
         text.extend_from_slice(unit.as_bytes());
     }
     text
@@ -84,11 +85,19 @@ fn main() {
     let mb = text.len() as f64 / 1e6;
     println!("{:.2} MB of text", mb);
     println!(
-        "{:<34} {:>10} {:>10} {:>14} {:>8}",
+        "{:<42} {:>10} {:>10} {:>14} {:>8}",
         "model", "tokens", "shardload", "llama.cpp", "ratio"
     );
-    for name in [SMOLLM2, GEMMA] {
-        let path = model(name);
+    let mut paths: Vec<std::path::PathBuf> = [SMOLLM2, GEMMA, QWEN].map(model).into();
+    let mut vocabularies: Vec<_> = std::fs::read_dir(root().join("models/vocab"))
+        .expect("models/vocab: run scripts/fetch-vocabs")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    vocabularies.sort();
+    paths.extend(vocabularies);
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
         let mut n = 0;
         let ours = best_of_3(|| n = tokenizer.encode(&text, true, true).len());
@@ -97,7 +106,7 @@ fn main() {
             llama_tokenize(&bin, path, &big).saturating_sub(llama_tokenize(&bin, path, &tiny));
         let (ours, theirs) = (mb / ours.as_secs_f64(), mb / theirs.as_secs_f64());
         println!(
-            "{name:<34} {n:>10} {:>7.1} MB/s {:>9.1} MB/s {:>7.2}x",
+            "{name:<42} {n:>10} {:>7.1} MB/s {:>9.1} MB/s {:>7.2}x",
             ours,
             theirs,
             ours / theirs

@@ -148,37 +148,46 @@ impl Site {
                 HeaderValue::from_static(value),
             )
         };
-        if addr.ip().is_loopback() {
-            let port = addr.port();
-            let allowed = Arc::new(vec![
-                format!("127.0.0.1:{port}"),
-                format!("localhost:{port}"),
-                format!("[::1]:{port}"),
-            ]);
-            router = router.layer(middleware::from_fn(move |request: Request, next: Next| {
-                let allowed = allowed.clone();
-                async move {
-                    let host = request
-                        .headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok());
-                    if host.is_some_and(|h| allowed.iter().any(|a| a == h)) {
-                        next.run(request).await
-                    } else {
-                        let message = format!(
-                            "shardload web answers only requests for {}, not Host {host:?}\n",
-                            allowed.join(", ")
-                        );
-                        (StatusCode::FORBIDDEN, message).into_response()
-                    }
-                }
-            }));
-        }
+        router = loopback_host_only(router, addr, "shardload web");
         router
             .layer(header("cross-origin-opener-policy", "same-origin"))
             .layer(header("cross-origin-embedder-policy", "require-corp"))
             .layer(header("cache-control", "no-store"))
     }
+}
+
+/// `router`, answering only requests whose `Host` names `addr` (or
+/// `localhost`) when `addr` is a loopback address (403 otherwise): a web page
+/// whose name an attacker re-points at 127.0.0.1 (DNS rebinding) cannot
+/// reach a server meant for this machine. `who` names the server in the error.
+pub fn loopback_host_only(router: Router, addr: SocketAddr, who: &'static str) -> Router {
+    if !addr.ip().is_loopback() {
+        return router;
+    }
+    let port = addr.port();
+    let allowed = Arc::new(vec![
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ]);
+    router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        let allowed = allowed.clone();
+        async move {
+            let host = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            if host.is_some_and(|h| allowed.iter().any(|a| a == h)) {
+                next.run(request).await
+            } else {
+                let message = format!(
+                    "{who} answers only requests for {}, not Host {host:?}\n",
+                    allowed.join(", ")
+                );
+                (StatusCode::FORBIDDEN, message).into_response()
+            }
+        }
+    }))
 }
 
 /// A bound server: its address is known before it serves, so `--port 0` can
