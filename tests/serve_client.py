@@ -63,6 +63,24 @@ def basics(c):
     stopped = chat(c, "Count from 1 to 10, separated by commas.", max_tokens=48, stop=["5"])
     out["stopped"] = {"content": stopped.choices[0].message.content,
                       "finish_reason": stopped.choices[0].finish_reason}
+    lp = chat(c, PROMPTS[0], max_tokens=8, logprobs=True, top_logprobs=3)
+    content = lp.choices[0].logprobs.content
+    out["logprobs"] = {
+        "text": lp.choices[0].message.content,
+        "tokens": "".join(t.token for t in content),
+        "count": len(content),
+        "greedy_is_top": all(t.top_logprobs[0].token == t.token and
+                             abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6 for t in content),
+        "tops": [len(t.top_logprobs) for t in content],
+        "all_negative": all(t.logprob <= 0 for t in content),
+    }
+    legacy = c.completions.create(model="any", prompt="The capital of France is", max_tokens=4,
+                                  temperature=0, logprobs=2)
+    out["completion_logprobs"] = {
+        "tokens": legacy.choices[0].logprobs.tokens,
+        "text": legacy.choices[0].text,
+        "top": [len(t) for t in legacy.choices[0].logprobs.top_logprobs],
+    }
     try:
         chat(c, PROMPTS[0], n=2)
         out["error"] = None

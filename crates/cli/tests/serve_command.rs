@@ -102,6 +102,27 @@ fn the_openai_client_gets_chat_and_completions_plain_and_streamed() {
     assert_eq!(stopped["finish_reason"], "stop");
     let content = stopped["content"].as_str().unwrap();
     assert!(content.contains('4') && !content.contains('5'), "{stopped}");
+    // Log-probabilities: greedy picks each step's most likely token.
+    let lp = &got["logprobs"];
+    assert_eq!(lp["tokens"], lp["text"], "{lp}");
+    assert_eq!(lp["greedy_is_top"], true, "{lp}");
+    assert_eq!(lp["all_negative"], true, "{lp}");
+    assert!(
+        lp["tops"].as_array().unwrap().iter().all(|n| n == 3),
+        "{lp}"
+    );
+    let legacy = &got["completion_logprobs"];
+    let joined: String = legacy["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(joined, legacy["text"].as_str().unwrap());
+    assert!(
+        legacy["top"].as_array().unwrap().iter().all(|n| n == 2),
+        "{legacy}"
+    );
     assert_eq!(got["error"]["status"], 400);
     assert!(got["error"]["message"].as_str().unwrap().contains("n:"));
 }

@@ -364,14 +364,16 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, Error> {
     let header_end = c.at as u64;
     let file_size = bytes.len() as u64;
     if tensors.is_empty() {
-        // A vocabulary-only file (llama.cpp's tokenizer tooling ships them) has
-        // no data section; as llama.cpp, nothing is padded or checked past the header.
+        // A vocabulary-only file (llama.cpp's tokenizer tooling ships them)
+        // needs no data section: as llama.cpp, padding past the header is
+        // optional, and the data offset is where padding would end, or the
+        // end of the file.
         return Ok(Header {
             version,
             metadata,
             tensors,
             alignment,
-            data_offset: header_end,
+            data_offset: header_end.next_multiple_of(alignment).min(file_size),
         });
     }
     let data_offset = header_end.next_multiple_of(alignment);

@@ -303,10 +303,22 @@ fn overlapping_tensors_are_refused() {
 
 #[test]
 fn a_data_section_past_the_end_of_the_file_is_refused() {
-    let mut raw = Raw::header(3, 0, 1);
+    let mut raw = Raw::header(3, 1, 1);
     raw.str("general.alignment").u32(4).u32(1 << 30);
+    raw.tensor("t", &[32], 0, 0);
     let at = raw.at();
     assert_refused(&raw, "tensor data", at, "past the end");
+}
+
+#[test]
+fn a_file_without_tensors_needs_no_data_section() {
+    // A vocabulary-only file, as llama.cpp's tokenizer tooling ships them:
+    // nothing past the metadata, whatever the alignment asks.
+    let mut raw = Raw::header(3, 0, 1);
+    raw.str("general.alignment").u32(4).u32(1 << 30);
+    let header = parse(Path::new("vocab.gguf"), &raw.0).expect("a vocabulary-only file");
+    assert!(header.tensors.is_empty());
+    assert_eq!(header.data_offset, raw.at());
 }
 
 #[test]

@@ -21,7 +21,7 @@ use shardload_runtime::{ChatTemplate, Message, SamplerConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::engine::{Event, Job};
+use crate::engine::{Event, Job, TokenLogprob};
 use crate::{Loaded, State};
 
 type Shared = Arc<State>;
@@ -236,6 +236,8 @@ struct Params {
     stop: Vec<String>,
     stream: bool,
     include_usage: bool,
+    ignore_eos: bool,
+    logprobs: Option<usize>,
 }
 
 fn params(f: &Fields) -> Result<Params, ApiError> {
@@ -247,7 +249,7 @@ fn params(f: &Fields) -> Result<Params, ApiError> {
             "n: only 1 completion per request is supported, got {n}"
         )));
     }
-    for unsupported in ["logprobs", "top_logprobs", "tools", "response_format"] {
+    for unsupported in ["tools", "response_format"] {
         let asked = match f.get(unsupported) {
             None | Some(Value::Bool(false)) => false,
             Some(Value::Object(o)) => {
@@ -325,12 +327,32 @@ fn params(f: &Fields) -> Result<Params, ApiError> {
             )));
         }
     };
+    // Chat: `logprobs: true` and `top_logprobs: k`; completions: `logprobs: k`.
+    let logprobs = match f.get("logprobs") {
+        None | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(f.count("top_logprobs")?.unwrap_or(0)),
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::bad(format!(
+                "logprobs: expected true, false or a count, got {v}"
+            ))
+        })?),
+    };
+    if let Some(k) = logprobs
+        && k > 20
+    {
+        return Err(ApiError::bad(format!("top_logprobs: at most 20, got {k}")));
+    }
+    if logprobs.is_none() && f.count("top_logprobs")?.is_some_and(|k| k > 0) {
+        return Err(ApiError::bad("top_logprobs: needs logprobs: true"));
+    }
     Ok(Params {
+        logprobs: logprobs.map(|k| k as usize),
         sampling,
         max_tokens,
         stop,
         stream: f.flag("stream")?,
         include_usage,
+        ignore_eos: f.flag("ignore_eos")?,
     })
 }
 
@@ -449,6 +471,8 @@ fn submit(
         sampling: params.sampling,
         max_tokens: max_tokens.max(1),
         stop: params.stop.clone(),
+        ignore_eos: params.ignore_eos,
+        logprobs: params.logprobs,
         events,
     };
     loaded.jobs.send(job).map_err(|_| {
@@ -475,7 +499,7 @@ fn with_deadline(
             tokio::select! {
                 event = from_engine.recv() => {
                     let Some(event) = event else { break };
-                    let last = !matches!(event, Event::Delta(_));
+                    let last = !matches!(event, Event::Delta(..));
                     if to_client.send(event).is_err() || last {
                         break;
                     }
@@ -514,19 +538,45 @@ impl Kind {
         format!("{prefix}-{nanos:x}")
     }
 
-    fn choice(self, text: &str, finish: Option<&str>, streamed: bool) -> Value {
+    /// A choice of a response or chunk; `logprobs` `None` when not asked for.
+    fn choice(
+        self,
+        text: &str,
+        finish: Option<&str>,
+        streamed: bool,
+        logprobs: Option<&[TokenLogprob]>,
+    ) -> Value {
+        let logprobs = logprobs.map_or(Value::Null, |lps| self.logprobs(lps));
         match (self, streamed) {
             (Kind::Chat, false) => {
                 json!({"index": 0, "message": {"role": "assistant", "content": text},
-                "finish_reason": finish, "logprobs": null})
+                "finish_reason": finish, "logprobs": logprobs})
             }
             (Kind::Chat, true) => {
                 json!({"index": 0, "delta": if finish.is_some() { json!({}) } else { json!({"content": text}) },
-                "finish_reason": finish, "logprobs": null})
+                "finish_reason": finish, "logprobs": logprobs})
             }
             (Kind::Text, _) => {
-                json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null})
+                json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs})
             }
+        }
+    }
+
+    /// Log-probabilities in this API's shape: chat's `content` list, or the
+    /// completions API's parallel `tokens` / `token_logprobs` / `top_logprobs`.
+    fn logprobs(self, lps: &[TokenLogprob]) -> Value {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self {
+            Kind::Chat => json!({"content": lps.iter().map(|t| json!({
+                "token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes,
+                "top_logprobs": t.top.iter().map(|(b, lp)| json!({"token": text(b), "logprob": lp, "bytes": b})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>()}),
+            Kind::Text => json!({
+                "tokens": lps.iter().map(|t| text(&t.bytes)).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|t| t.top.iter().map(|(b, lp)| (text(b), json!(lp)))
+                    .collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+            }),
         }
     }
 
@@ -552,12 +602,17 @@ async fn respond(
 ) -> ApiResult {
     let id = kind.id();
     let created = now();
+    let wants_logprobs = params.logprobs.is_some();
     let model = state.options.model_name.clone();
     if !params.stream {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(event) = events.recv().await {
             match event {
-                Event::Delta(delta) => text += &delta,
+                Event::Delta(delta, lps) => {
+                    text += &delta;
+                    logprobs.extend(lps);
+                }
                 Event::Done {
                     finish,
                     prompt_tokens,
@@ -566,7 +621,8 @@ async fn respond(
                 } => {
                     let body = json!({
                         "id": id, "object": kind.object(false), "created": created, "model": model,
-                        "choices": [kind.choice(&text, Some(finish.as_str()), false)],
+                        "choices": [kind.choice(&text, Some(finish.as_str()), false,
+                            wants_logprobs.then_some(&logprobs[..]))],
                         "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
                     });
                     return Ok(axum::Json(body).into_response());
@@ -597,7 +653,10 @@ async fn respond(
     });
     let stream = UnboundedReceiverStream::new(events).flat_map(move |event| {
         let events: Vec<Sse> = match event {
-            Event::Delta(delta) => vec![chunk(json!([kind.choice(&delta, None, true)]), None)],
+            Event::Delta(delta, lps) => vec![chunk(
+                json!([kind.choice(&delta, None, true, wants_logprobs.then_some(&lps[..]))]),
+                None,
+            )],
             Event::Done {
                 finish,
                 prompt_tokens,
@@ -605,7 +664,7 @@ async fn respond(
                 cached_tokens,
             } => {
                 let mut out = vec![chunk(
-                    json!([kind.choice("", Some(finish.as_str()), true)]),
+                    json!([kind.choice("", Some(finish.as_str()), true, None)]),
                     None,
                 )];
                 if include_usage {

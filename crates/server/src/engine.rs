@@ -29,15 +29,31 @@ pub struct Job {
     pub max_tokens: usize,
     /// Texts that end the completion; never part of what is sent.
     pub stop: Vec<String>,
+    /// Go on past end-of-generation tokens (llama-server's `ignore_eos`, for benchmarks).
+    pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many alternatives (`None`: off).
+    pub logprobs: Option<usize>,
     /// Where the completion's text goes, as it is made.
     pub events: UnboundedSender<Event>,
+}
+
+/// A generated token's log-probability under the model (before sampling).
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    /// The token's bytes (a piece of UTF-8, or not).
+    pub bytes: Vec<u8>,
+    /// Natural log of its probability.
+    pub logprob: f32,
+    /// The most likely tokens at that step, most likely first: (bytes, log-probability).
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 /// What a job reports, in order: deltas, then one `Done` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
-    /// Text to append to the completion.
-    Delta(String),
+    /// Text to append to the completion, and the log-probabilities of the
+    /// tokens generated since the last delta (when asked for).
+    Delta(String, Vec<TokenLogprob>),
     /// The completion ended.
     Done {
         /// Why it ended.
@@ -107,6 +123,8 @@ struct Active {
     next: Option<u32>,
     sampler: Sampler,
     decoder: shardload_tokenizer::Decoder<'static>,
+    /// Log-probabilities not yet sent.
+    logprobs: Vec<TokenLogprob>,
     /// The completion's text so far, and how much of it was sent.
     text: String,
     sent: usize,
@@ -229,6 +247,7 @@ fn admit(
             next: None,
             sampler: Sampler::new(job.sampling),
             decoder: tokenizer.decoder(),
+            logprobs: Vec::new(),
             text: String::new(),
             sent: 0,
             generated: 0,
@@ -296,10 +315,19 @@ fn step(
             continue; // The prompt is still being read.
         }
         let token = active.sampler.sample(&logits);
+        let end_of_generation = tokenizer.is_eog(token) && !active.job.ignore_eos;
+        // As OpenAI: the end-of-generation token is counted, but not text with a log-probability.
+        if let Some(top) = active.job.logprobs
+            && !end_of_generation
+        {
+            active
+                .logprobs
+                .push(logprob(tokenizer, &logits, token, top));
+        }
         active.generated += 1;
         counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
         let cached = session.sequence_tokens(slot.seq)?.len();
-        let finish = if tokenizer.is_eog(token) {
+        let finish = if end_of_generation {
             Some(Finish::Stop)
         } else {
             active.text += &active.decoder.push(token)?;
@@ -317,10 +345,11 @@ fn step(
             None => held_back(&active.text, &active.job.stop),
         };
         let ready = active.text.len() - hold;
-        if ready > active.sent {
-            let delta = active.text[active.sent..ready].to_string();
-            active.sent = ready;
-            let _ = active.job.events.send(Event::Delta(delta));
+        if ready > active.sent || (finish.is_some() && !active.logprobs.is_empty()) {
+            let delta = active.text[active.sent..ready.max(active.sent)].to_string();
+            active.sent = ready.max(active.sent);
+            let logprobs = std::mem::take(&mut active.logprobs);
+            let _ = active.job.events.send(Event::Delta(delta, logprobs));
         }
         match finish {
             Some(finish) => {
@@ -338,6 +367,31 @@ fn step(
         }
     }
     Ok(())
+}
+
+/// `token`'s log-probability in `logits` and the `top` most likely tokens'.
+fn logprob(tokenizer: &Tokenizer, logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = f64::from(max) + sum.ln();
+    let lp = |id: usize| (f64::from(logits[id]) - log_z) as f32;
+    let bytes = |id: u32| tokenizer.piece(id).map(<[u8]>::to_vec).unwrap_or_default();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let top = top.min(logits.len());
+    if top > 0 {
+        order.select_nth_unstable_by(top - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        order.truncate(top);
+        order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    }
+    TokenLogprob {
+        bytes: bytes(token),
+        logprob: lp(token as usize),
+        top: order
+            .into_iter()
+            .take(top)
+            .map(|id| (bytes(id as u32), lp(id)))
+            .collect(),
+    }
 }
 
 /// Where the first stop text begins, searching only where one could have

@@ -26,13 +26,6 @@ impl OpenModel {
     /// Opens a GGUF model (given the first file of a split set, the whole set).
     pub fn open(path: &Path) -> Result<OpenModel> {
         let gguf = Model::open(path)?;
-        if gguf.tensors().next().is_none() {
-            anyhow::bail!(
-                "{}: the model has no tensors (a vocabulary-only GGUF: `shardload tokenize` \
-                 reads it, but there is nothing to plan or run)",
-                path.display()
-            );
-        }
         let files = gguf
             .files
             .iter()
