@@ -472,6 +472,14 @@ fn main() -> ExitCode {
 }
 
 /// Turns a missing default model into the instruction that fixes it.
+/// `http://HOST:PORT` of a bound address (IPv6 in brackets), as the servers print it.
+fn http_url(addr: std::net::SocketAddr) -> String {
+    match addr.ip() {
+        std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{}", addr.port()),
+        std::net::IpAddr::V4(ip) => format!("http://{ip}:{}", addr.port()),
+    }
+}
+
 fn check_model_exists(model: &std::path::Path) -> anyhow::Result<()> {
     if model.exists() {
         return Ok(());

@@ -11,7 +11,8 @@ use clap::Args;
 use shardload_server::{STEP_TOKENS, ServeOptions};
 use shardload_store::{OpenModel, WeightStore};
 
-use crate::{DEFAULT_MODEL, StoreArgs, check_model_exists};
+use crate::units::human;
+use crate::{DEFAULT_MODEL, StoreArgs, check_model_exists, http_url};
 
 /// What to serve, where, and how many conversations at once.
 #[derive(Args)]
@@ -88,17 +89,14 @@ pub fn run(args: &ServeArgs) -> Result<ExitCode> {
         model,
         move |_| WeightStore::with_options(plan, mode, None, &cache),
         options,
-        move |addr| {
-            let host = match addr.ip() {
-                IpAddr::V6(ip) => format!("[{ip}]"),
-                IpAddr::V4(ip) => ip.to_string(),
-            };
+        move |ready| {
             // Whoever started the server may stop reading its output; it serves on.
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
                 out,
-                "serving at http://{host}:{}/v1 ({parallel} slots of {ctx} tokens); Ctrl-C stops",
-                addr.port()
+                "serving at {}/v1 ({parallel} slots of {ctx} tokens, {} of KV cache each); Ctrl-C stops",
+                http_url(ready.addr),
+                human(ready.kv_cache_bytes_per_slot as u64)
             );
             let _ = out.flush();
         },

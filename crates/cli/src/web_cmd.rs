@@ -1,14 +1,14 @@
 //! `shardload web`: serve the browser host for a planned model on localhost.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use shardload_store::OpenModel;
 
 use crate::units::human;
-use crate::{WebArgs, check_model_exists};
+use crate::{WebArgs, check_model_exists, http_url};
 
 pub fn run(args: &WebArgs) -> Result<ExitCode> {
     check_model_exists(&args.model)?;
@@ -27,22 +27,18 @@ pub fn run(args: &WebArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let site = shardload_web::Site::new(&model.name(), &plan, &checksums)?;
     let addr = server.local_addr()?;
-    let host = match addr.ip() {
-        IpAddr::V6(ip) => format!("[{ip}]"),
-        IpAddr::V4(ip) => ip.to_string(),
-    };
     // Whoever started the server may stop reading its output; it serves on.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "serving {} ({} tensors, {} in {} shard{}) at http://{host}:{}/\n\
+        "serving {} ({} tensors, {} in {} shard{}) at {}/\n\
          open it in a browser (add ?run=1 to load at once); Ctrl-C stops",
         model.name(),
         plan.tensors.len(),
         human(total),
         plan.shards.len(),
         if plan.shards.len() == 1 { "" } else { "s" },
-        addr.port()
+        http_url(addr)
     );
     let _ = out.flush();
     drop(out);

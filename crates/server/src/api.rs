@@ -779,6 +779,7 @@ async fn props(Extract(state): Extract<Shared>) -> ApiResult {
     Ok(axum::Json(json!({
         "model_alias": state.options.model_name,
         "total_slots": loaded.parallel,
+        "kv_cache_bytes_per_slot": loaded.kv_cache_bytes_per_slot,
         "chat_template": loaded.template.as_ref().map(ChatTemplate::source),
         "default_generation_settings": {
             "n_ctx": loaded.ctx,

@@ -38,6 +38,14 @@ pub struct ServeOptions {
     pub timeout: std::time::Duration,
 }
 
+/// What `serve` reports once the model is loaded.
+pub struct Ready {
+    /// The address it listens on (the port chosen when 0 was asked).
+    pub addr: SocketAddr,
+    /// KV cache bytes of each slot.
+    pub kv_cache_bytes_per_slot: usize,
+}
+
 /// What the routes share once the model is loaded.
 pub(crate) struct Loaded {
     pub(crate) tokenizer: &'static Tokenizer,
@@ -48,6 +56,7 @@ pub(crate) struct Loaded {
     pub(crate) parallel: usize,
     pub(crate) queue: usize,
     pub(crate) timeout: std::time::Duration,
+    pub(crate) kv_cache_bytes_per_slot: usize,
 }
 
 /// The server's state: options, and the model once loaded (`/health` says 503 until then).
@@ -64,7 +73,7 @@ pub fn serve(
     model: OpenModel,
     build_store: impl FnOnce(&OpenModel) -> Result<WeightStore> + Send + 'static,
     options: ServeOptions,
-    ready: impl FnOnce(SocketAddr) + Send + 'static,
+    ready: impl FnOnce(Ready) + Send + 'static,
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -101,7 +110,7 @@ fn load_and_run(
     build_store: impl FnOnce(&OpenModel) -> Result<WeightStore>,
     state: &State,
     addr: SocketAddr,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Ready),
 ) -> Result<()> {
     let file = model.gguf.metadata();
     // Lives as long as the server: the engine's streaming decoders borrow it.
@@ -121,6 +130,7 @@ fn load_and_run(
             layers: None,
         },
     )?;
+    let kv_cache_bytes_per_slot = session.kv_cache_bytes() / options.parallel;
     let (jobs, receiver) = std::sync::mpsc::channel();
     let counters = Arc::new(engine::Counters {
         slots: (0..options.parallel).map(|_| Default::default()).collect(),
@@ -135,8 +145,12 @@ fn load_and_run(
         parallel: options.parallel,
         queue: options.queue,
         timeout: options.timeout,
+        kv_cache_bytes_per_slot,
     });
-    ready(addr);
+    ready(Ready {
+        addr,
+        kv_cache_bytes_per_slot,
+    });
     // Runs as long as the server: the routes hold the jobs' sender. The store
     // outlives the session, which runs the guest over its memories.
     engine::run(session, tokenizer, options.parallel, receiver, counters);
