@@ -90,21 +90,35 @@ def basics(c):
 
 
 def concurrent(c, n):
+    """Each of n prompts alone, then all at once: greedy, and sampled with a seed."""
     prompts = PROMPTS[:n]
-    alone = [chat(c, p, max_tokens=32).choices[0].message.content for p in prompts]
-    together = [None] * n
-    start = threading.Barrier(n)
+    # Seeded: the whole distribution, llama.cpp's extra fields through extra_body.
+    ways = {"greedy": {"temperature": 0},
+            "seeded": {"temperature": 0.9, "top_p": 1.0, "extra_body": {"top_k": 0, "min_p": 0.0}}}
 
-    def run(i):
-        start.wait()
-        together[i] = chat(c, prompts[i], max_tokens=32).choices[0].message.content
+    def ask(i, way):
+        kw = dict(ways[way], seed=1000 + i) if way == "seeded" else ways[way]
+        r = c.chat.completions.create(model="any", messages=[{"role": "user", "content": prompts[i]}],
+                                      max_tokens=32, **kw)
+        return r.choices[0].message.content
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"alone": alone, "together": together}
+    out = {}
+    for way in ways:
+        alone = [ask(i, way) for i in range(n)]
+        together = [None] * n
+        start = threading.Barrier(n)
+
+        def run(i):
+            start.wait()
+            together[i] = ask(i, way)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out[way] = {"alone": alone, "together": together}
+    return out
 
 
 def hang_up(c):

@@ -170,21 +170,25 @@ fn a_greedy_reply_is_what_generate_gives_for_the_same_rendered_prompt() {
 }
 
 #[test]
-fn eight_concurrent_greedy_requests_give_the_tokens_each_gives_alone() {
+fn eight_concurrent_greedy_or_seeded_requests_give_the_tokens_each_gives_alone() {
     let server = serve(&["--parallel", "8", "--ctx", "512", "--threads", "2"]);
     let got = client(&server, &["concurrent", "8"]);
-    assert_eq!(got["alone"], got["together"]);
-    let replies: Vec<&str> = got["alone"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap())
-        .collect();
-    // Different prompts, different replies: no request sees another's tokens.
-    let mut distinct = replies.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 8, "{replies:?}");
+    for way in ["greedy", "seeded"] {
+        assert_eq!(got[way]["alone"], got[way]["together"], "{way}");
+        let replies: Vec<&str> = got[way]["alone"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        // Different prompts, different replies: no request sees another's tokens.
+        let mut distinct = replies.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 8, "{way}: {replies:?}");
+    }
+    // Sampling did sample: the seeded replies are not the greedy ones.
+    assert_ne!(got["greedy"]["alone"], got["seeded"]["alone"]);
 }
 
 #[test]
@@ -241,4 +245,69 @@ fn with_an_api_key_every_route_but_health_wants_it() {
     assert_eq!(got["wrong"], 401);
     assert_eq!(got["right"], 200);
     assert_eq!(got["health without a key"], 200);
+}
+
+/// `GET PATH` over a fresh connection: (status, body), or `None` while nothing listens.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((status, body))
+}
+
+#[test]
+fn health_says_loading_until_the_model_is_loaded() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Compiling the guest anew (no cache) keeps the model loading for a while.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .args(["serve", model(SMOLLM2).to_str().unwrap(), "--no-cache"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--parallel",
+            "1",
+            "--ctx",
+            "256",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Some((status, body)) = get(port, "/health") {
+            if seen.last() != Some(&(status, body.clone())) {
+                seen.push((status, body));
+            }
+            if status == 200 {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen,
+        [
+            (503, r#"{"status":"loading model"}"#.to_string()),
+            (200, r#"{"status":"ok"}"#.to_string())
+        ]
+    );
 }
