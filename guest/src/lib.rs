@@ -170,28 +170,25 @@ fn stream_function(shard: u32) -> String {
 /// plus them (biases); `$f32_at_{shard}(p)`: one F32 weight.
 fn f32_weight_functions(shard: u32) -> String {
     let m = shard + 1;
-    format!(
+    let mut text = String::new();
+    for (name, op) in [("f32_weights", "f32x4.mul"), ("f32_bias", "f32x4.add")] {
+        let _ = write!(
+            text,
+            r#"
+  (func ${name}_{shard} (param $p i64) (param $out i32) (param $n i32)
+    (local $i i32) (local $at i32)
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $at (i32.add (local.get $out) (i32.shl (local.get $i) (i32.const 2))))
+        (v128.store $m0 (local.get $at) ({op} (v128.load $m0 (local.get $at))
+          (v128.load $m{m} (i64.add (local.get $p) (i64.extend_i32_u (i32.shl (local.get $i) (i32.const 2)))))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $each))))"#
+        );
+    }
+    text + &format!(
         r#"
-  (func $f32_weights_{shard} (param $p i64) (param $out i32) (param $n i32)
-    (local $i i32) (local $at i32)
-    (block $done
-      (loop $each
-        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-        (local.set $at (i32.add (local.get $out) (i32.shl (local.get $i) (i32.const 2))))
-        (v128.store $m0 (local.get $at) (f32x4.mul (v128.load $m0 (local.get $at))
-          (v128.load $m{m} (i64.add (local.get $p) (i64.extend_i32_u (i32.shl (local.get $i) (i32.const 2)))))))
-        (local.set $i (i32.add (local.get $i) (i32.const 4)))
-        (br $each))))
-  (func $f32_bias_{shard} (param $p i64) (param $out i32) (param $n i32)
-    (local $i i32) (local $at i32)
-    (block $done
-      (loop $each
-        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-        (local.set $at (i32.add (local.get $out) (i32.shl (local.get $i) (i32.const 2))))
-        (v128.store $m0 (local.get $at) (f32x4.add (v128.load $m0 (local.get $at))
-          (v128.load $m{m} (i64.add (local.get $p) (i64.extend_i32_u (i32.shl (local.get $i) (i32.const 2)))))))
-        (local.set $i (i32.add (local.get $i) (i32.const 4)))
-        (br $each))))
   (func $f32_at_{shard} (param $p i64) (result f32)
     (f32.load $m{m} (local.get $p)))"#
     )
