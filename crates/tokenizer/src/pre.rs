@@ -82,6 +82,7 @@ pub(crate) const FAMILIES: &[Family] = &[
                 "pixtral",
                 "midm-2.0",
                 "lfm2",
+                "jina-v5-nano",
             ],
             &[LLAMA3],
         )
