@@ -275,19 +275,17 @@ fn health_says_loading_until_the_model_is_loaded() {
         .unwrap()
         .port();
     // Compiling the guest anew (no cache) keeps the model loading for a while.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardload"))
-        .args(["serve", model(SMOLLM2).to_str().unwrap(), "--no-cache"])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--parallel",
-            "1",
-            "--ctx",
-            "256",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed when dropped, also when this test fails.
+    let port_arg = port.to_string();
+    let _server = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_shardload"))
+            .args(["serve", model(SMOLLM2).to_str().unwrap(), "--no-cache"])
+            .args(["--port", &port_arg, "--parallel", "1", "--ctx", "256"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        base_url: format!("http://127.0.0.1:{port}/v1"),
+    };
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
@@ -301,8 +299,6 @@ fn health_says_loading_until_the_model_is_loaded() {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(
         seen,
         [

@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::engine::{Event, Job, TokenLogprob};
-use crate::{Loaded, State};
+use crate::{Loaded, ServeOptions, State};
 
 type Shared = Arc<State>;
 
@@ -155,7 +155,7 @@ async fn models(Extract(state): Extract<Shared>) -> ApiResult {
             "object": "model",
             "created": now(),
             "owned_by": "shardload",
-            "meta": {"n_ctx": loaded.ctx, "n_vocab": loaded.tokenizer.n_tokens()},
+            "meta": {"n_ctx": state.options.ctx, "n_vocab": loaded.tokenizer.n_tokens()},
         }],
     }))
     .into_response())
@@ -442,6 +442,7 @@ fn prompt_tokens(loaded: &Loaded, prompt: &Value, field: &str) -> Result<Vec<u32
 
 /// Hands a job to the engine, or says why not (the prompt does not fit, the queue is full).
 fn submit(
+    options: &ServeOptions,
     loaded: &Loaded,
     prompt: Vec<u32>,
     params: &Params,
@@ -449,15 +450,15 @@ fn submit(
     if prompt.is_empty() {
         return Err(ApiError::bad("the prompt is empty"));
     }
-    if prompt.len() >= loaded.ctx {
+    if prompt.len() >= options.ctx {
         return Err(ApiError::bad(format!(
             "the prompt is {} tokens, the context {} (--ctx): it does not fit",
             prompt.len(),
-            loaded.ctx
+            options.ctx
         )));
     }
     let in_flight = &loaded.counters.in_flight;
-    if in_flight.fetch_add(1, Ordering::Relaxed) >= loaded.parallel + loaded.queue {
+    if in_flight.fetch_add(1, Ordering::Relaxed) >= options.parallel + options.queue {
         in_flight.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -465,7 +466,7 @@ fn submit(
         });
     }
     let (events, from_engine) = tokio::sync::mpsc::unbounded_channel();
-    let max_tokens = params.max_tokens.unwrap_or(loaded.ctx).min(loaded.ctx);
+    let max_tokens = params.max_tokens.unwrap_or(options.ctx).min(options.ctx);
     let job = Job {
         prompt,
         sampling: params.sampling,
@@ -482,7 +483,7 @@ fn submit(
             message: "the engine has stopped".into(),
         }
     })?;
-    Ok(with_deadline(from_engine, loaded.timeout))
+    Ok(with_deadline(from_engine, options.timeout))
 }
 
 /// The engine's events until the request's deadline, then a failure. When the
@@ -701,7 +702,7 @@ async fn chat_completions(Extract(state): Extract<Shared>, body: Body) -> ApiRes
     let tokens = template(loaded)?
         .prompt_tokens(loaded.tokenizer, &messages)
         .map_err(|e| ApiError::bad(format!("messages: {e:#}")))?;
-    let events = submit(loaded, tokens, &params)?;
+    let events = submit(&state.options, loaded, tokens, &params)?;
     respond(&state, Kind::Chat, params, events).await
 }
 
@@ -714,7 +715,7 @@ async fn completions(Extract(state): Extract<Shared>, body: Body) -> ApiResult {
         .get("prompt")
         .ok_or_else(|| ApiError::bad("prompt: missing"))?;
     let tokens = prompt_tokens(loaded, prompt, "prompt")?;
-    let events = submit(loaded, tokens, &params)?;
+    let events = submit(&state.options, loaded, tokens, &params)?;
     respond(&state, Kind::Text, params, events).await
 }
 
@@ -778,11 +779,11 @@ async fn props(Extract(state): Extract<Shared>) -> ApiResult {
     let d = SamplerConfig::default();
     Ok(axum::Json(json!({
         "model_alias": state.options.model_name,
-        "total_slots": loaded.parallel,
+        "total_slots": state.options.parallel,
         "kv_cache_bytes_per_slot": loaded.kv_cache_bytes_per_slot,
         "chat_template": loaded.template.as_ref().map(ChatTemplate::source),
         "default_generation_settings": {
-            "n_ctx": loaded.ctx,
+            "n_ctx": state.options.ctx,
             "params": {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p, "min_p": d.min_p},
         },
     }))
@@ -797,7 +798,7 @@ async fn slots(Extract(state): Extract<Shared>) -> ApiResult {
         .iter()
         .enumerate()
         .map(|(id, g)| {
-            json!({"id": id, "n_ctx": loaded.ctx, "is_processing": g.processing.load(Ordering::Relaxed),
+            json!({"id": id, "n_ctx": state.options.ctx, "is_processing": g.processing.load(Ordering::Relaxed),
                 "n_cached_tokens": g.cached_tokens.load(Ordering::Relaxed)})
         })
         .collect();

@@ -141,11 +141,11 @@ struct Slot {
 pub fn run(
     mut session: Session,
     tokenizer: &'static Tokenizer,
-    slots: usize,
     jobs: Receiver<Job>,
     counters: Arc<Counters>,
 ) {
-    let mut slots: Vec<Slot> = (0..slots)
+    // One slot per gauge: the counters say how many there are.
+    let mut slots: Vec<Slot> = (0..counters.slots.len())
         .map(|_| Slot {
             seq: session
                 .create_sequence()
@@ -376,9 +376,10 @@ fn logprob(tokenizer: &Tokenizer, logits: &[f32], token: u32, top: usize) -> Tok
     let log_z = f64::from(max) + sum.ln();
     let lp = |id: usize| (f64::from(logits[id]) - log_z) as f32;
     let bytes = |id: u32| tokenizer.piece(id).map(<[u8]>::to_vec).unwrap_or_default();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
     let top = top.min(logits.len());
+    let mut order: Vec<usize> = Vec::new();
     if top > 0 {
+        order.extend(0..logits.len());
         order.select_nth_unstable_by(top - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
         order.truncate(top);
         order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));

@@ -52,10 +52,6 @@ pub(crate) struct Loaded {
     pub(crate) template: Option<ChatTemplate>,
     pub(crate) jobs: std::sync::mpsc::Sender<engine::Job>,
     pub(crate) counters: Arc<engine::Counters>,
-    pub(crate) ctx: usize,
-    pub(crate) parallel: usize,
-    pub(crate) queue: usize,
-    pub(crate) timeout: std::time::Duration,
     pub(crate) kv_cache_bytes_per_slot: usize,
 }
 
@@ -141,10 +137,6 @@ fn load_and_run(
         template,
         jobs,
         counters: counters.clone(),
-        ctx: options.ctx,
-        parallel: options.parallel,
-        queue: options.queue,
-        timeout: options.timeout,
         kv_cache_bytes_per_slot,
     });
     ready(Ready {
@@ -153,7 +145,7 @@ fn load_and_run(
     });
     // Runs as long as the server: the routes hold the jobs' sender. The store
     // outlives the session, which runs the guest over its memories.
-    engine::run(session, tokenizer, options.parallel, receiver, counters);
+    engine::run(session, tokenizer, receiver, counters);
     drop(store);
     Ok(())
 }

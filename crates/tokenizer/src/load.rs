@@ -265,7 +265,12 @@ pub(crate) fn load(file: &GgufFile) -> Result<Tokenizer, Error> {
         &texts[start..text_ends[i] as usize]
     };
 
-    let kind = if is_spm {
+    // A BPE vocabulary has a pre-tokenizer family; sentencepiece has none.
+    let kind = if let Some(family) = family {
+        let merges = typed(file, MERGES, "an array of strings", Value::as_array)?
+            .ok_or_else(|| err(MERGES, "missing: a gpt2 tokenizer needs its merges"))?;
+        Kind::Bpe(bpe::Bpe::new(family, merges, &token_to_id)?)
+    } else {
         let scores = match typed(file, SCORES, "an array of numbers", Value::as_array)? {
             None => vec![0.0; n],
             Some(values) => {
@@ -306,11 +311,6 @@ pub(crate) fn load(file: &GgufFile) -> Result<Tokenizer, Error> {
             byte_tokens,
             add_space_prefix,
         })
-    } else {
-        let family = family.expect("a BPE vocabulary has a pre-tokenizer family");
-        let merges = typed(file, MERGES, "an array of strings", Value::as_array)?
-            .ok_or_else(|| err(MERGES, "missing: a gpt2 tokenizer needs its merges"))?;
-        Kind::Bpe(bpe::Bpe::new(family, merges, &token_to_id)?)
     };
 
     let mut pieces = Vec::with_capacity(texts.len());
