@@ -1,12 +1,14 @@
-// The browser host for shardload's guest: the same module wasmtime runs,
-// given the same memories. guest/README.md is the contract this follows:
-// one 64-bit memory per shard (exactly the plan's pages) holding the shard's
-// extents, a shared 32-bit scratch memory holding the routing tables, and the
-// imports {shardload: {scratch, now, shard0, shard1, ...}}.
+// The browser host for shardload's guest: the same module wasmtime runs
+// (a build whose shard imports are shared memories), given the same
+// memories. guest/README.md is the contract this follows: one 64-bit memory
+// per shard (exactly the plan's pages) holding the shard's extents, a shared
+// 32-bit scratch memory holding the routing tables, and the imports
+// {shardload: {scratch, now, shard0, shard1, ...}}. Every memory is shared,
+// so the web workers of session.js all read one copy of the weights.
 //
 // A browser cannot map a file, so each extent is streamed into its shard
-// memory chunk by chunk (from a File or from HTTP Range requests): the only
-// whole copy of a shard is the memory itself.
+// memory chunk by chunk (from a File, from HTTP Range requests, or from the
+// cache of cache.js): the only whole copy of a shard is the memory itself.
 //
 // No build step, no dependencies: an ES module a page imports as it is.
 
@@ -211,7 +213,8 @@ async function buildShards(plan, source, onProgress) {
     const started = performance.now();
     let memory;
     try {
-      memory = new WebAssembly.Memory({ initial: BigInt(shard.pages), maximum: BigInt(shard.pages), address: 'i64' });
+      // Shared, with its exact size as the maximum: what the guest's shared shard imports declare.
+      memory = new WebAssembly.Memory({ initial: BigInt(shard.pages), maximum: BigInt(shard.pages), address: 'i64', shared: true });
     } catch (error) {
       const all = plan.shards.reduce((sum, s) => sum + s.bytes, 0);
       throw new Error(`cannot get ${human(shard.bytes)} of memory for shard ${shard.index} (the tab needs ${human(all)} in all for ${plan.shards.length} shards): the browser said "${error.message}". Close other tabs or use a machine with more memory.`);
@@ -272,6 +275,7 @@ export async function load({ plan, guests, source, typeIds, dot = 'auto', onProg
   shards.forEach((s, k) => { imports[`shard${k}`] = s.memory; });
   const instance = await WebAssembly.instantiate(module, { shardload: imports });
   return new Guest(plan, instance, scratch, shards, {
+    module,
     copied,
     dot: useRelaxed ? 'relaxed' : 'plain',
     scratchFree: scratchFreeOffset(routes, plan.tensors.length),

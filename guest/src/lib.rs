@@ -229,11 +229,36 @@ fn shard_dispatch(
     text + "    unreachable)"
 }
 
-/// The guest's WAT text for `shards` shard memories, with compute kernels
+/// The shard memories a guest imports, one memory64 per shard.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ShardMemories {
+    /// This many unshared memories of any size: wasmtime, where each
+    /// thread's instance maps the shard files into memories of its own.
+    Private(u32),
+    /// Shared memories of exactly these page counts: a browser, where every
+    /// web worker's instance imports the same memories, one copy of the
+    /// weights (a shared memory needs a maximum, and a shared import's limits
+    /// must match the memory's).
+    Shared(Vec<u64>),
+}
+
+impl ShardMemories {
+    /// How many shard memories.
+    pub fn count(&self) -> u32 {
+        match self {
+            ShardMemories::Private(n) => *n,
+            // A plan's shard count fits u32 (the planner refuses more).
+            ShardMemories::Shared(pages) => u32::try_from(pages.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The guest's WAT text for its shard memories, with compute kernels
 /// for the ggml `types` the plan holds (types without kernels are skipped): kernels are emitted
 /// per shard, so emitting only the types in use keeps compiling fast.
 /// `dot` picks the integer dot product of `matvec`.
-pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
+pub fn guest_wat(memories: &ShardMemories, types: &[GgmlType], dot: DotProduct) -> String {
+    let shards = memories.count();
     let mut wat = String::from("(module\n");
     let _ = writeln!(
         wat,
@@ -244,9 +269,13 @@ pub fn guest_wat(shards: u32, types: &[GgmlType], dot: DotProduct) -> String {
         abi::SCRATCH_MAX_PAGES
     );
     for k in 0..shards {
+        let limits = match memories {
+            ShardMemories::Private(_) => "0".to_string(),
+            ShardMemories::Shared(pages) => format!("{0} {0} shared", pages[k as usize]),
+        };
         let _ = writeln!(
             wat,
-            "  (import \"{}\" \"{}\" (memory $m{} i64 0))",
+            "  (import \"{}\" \"{}\" (memory $m{} i64 {limits}))",
             abi::IMPORT_MODULE,
             abi::shard_import(k),
             k + 1
@@ -309,14 +338,14 @@ include!(concat!(env!("OUT_DIR"), "/fingerprint.rs"));
 
 /// Everything the module [`guest_wasm`] generates depends on, as one number:
 /// this generator's sources (hashed when the crate was built), the shard
-/// count, the dot product, and each emitted type's id and block layout from
+/// memories (count, and for shared ones their sizes), the dot product, and each emitted type's id and block layout from
 /// the one ggml type table. Equal keys mean identical modules, so a host can
 /// look a compiled guest up in a cache before generating anything.
-pub fn guest_key(shards: u32, types: &[GgmlType], dot: DotProduct) -> u64 {
+pub fn guest_key(memories: &ShardMemories, types: &[GgmlType], dot: DotProduct) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut hasher = DefaultHasher::new();
     SOURCE_FINGERPRINT.hash(&mut hasher);
-    shards.hash(&mut hasher);
+    memories.hash(&mut hasher);
     (dot == DotProduct::Relaxed).hash(&mut hasher);
     for ty in KERNEL_TYPES.iter().filter(|t| types.contains(t)) {
         (ty.id(), ty.name(), ty.block_size(), ty.type_size()).hash(&mut hasher);
@@ -324,10 +353,14 @@ pub fn guest_key(shards: u32, types: &[GgmlType], dot: DotProduct) -> u64 {
     hasher.finish()
 }
 
-/// The guest module for `shards` shard memories and kernel `types`, assembled.
-pub fn guest_wasm(shards: u32, types: &[GgmlType], dot: DotProduct) -> Result<Vec<u8>, String> {
-    if shards == 0 {
+/// The guest module for its shard memories and kernel `types`, assembled.
+pub fn guest_wasm(
+    memories: &ShardMemories,
+    types: &[GgmlType],
+    dot: DotProduct,
+) -> Result<Vec<u8>, String> {
+    if memories.count() == 0 {
         return Err("a guest needs at least one shard memory".into());
     }
-    wat::parse_str(guest_wat(shards, types, dot)).map_err(|e| e.to_string())
+    wat::parse_str(guest_wat(memories, types, dot)).map_err(|e| e.to_string())
 }

@@ -1,7 +1,7 @@
 //! The generated guest against real wasmtime memories and independent references.
 
 use proptest::prelude::*;
-use shardload_guest::{DotProduct, abi, guest_wasm};
+use shardload_guest::{DotProduct, ShardMemories, abi, guest_wasm};
 use wasmtime::{
     Config, Engine, Instance, Linker, Memory, MemoryType, Module, SharedMemory, Store, Trap,
     TypedFunc,
@@ -30,7 +30,12 @@ impl Guest {
         let engine = Engine::new(&config).unwrap();
         let module = Module::new(
             &engine,
-            guest_wasm(shards, shardload_guest::KERNEL_TYPES, DotProduct::Plain).unwrap(),
+            guest_wasm(
+                &ShardMemories::Private(shards),
+                shardload_guest::KERNEL_TYPES,
+                DotProduct::Plain,
+            )
+            .unwrap(),
         )
         .unwrap();
         let mut store = Store::new(&engine, ());
@@ -131,7 +136,12 @@ fn features(multi_memory: bool, relaxed_simd: bool) -> wasmparser::WasmFeatures 
 #[test]
 fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memory() {
     for shards in [1, 2, 4, 16, 64] {
-        let wasm = guest_wasm(shards, shardload_guest::KERNEL_TYPES, DotProduct::Plain).unwrap();
+        let wasm = guest_wasm(
+            &ShardMemories::Private(shards),
+            shardload_guest::KERNEL_TYPES,
+            DotProduct::Plain,
+        )
+        .unwrap();
         wasmparser::Validator::new_with_features(features(true, false))
             .validate_all(&wasm)
             .unwrap();
@@ -146,7 +156,7 @@ fn the_module_validates_with_multi_memory_memory64_and_simd_and_needs_multi_memo
 #[test]
 fn the_relaxed_module_needs_relaxed_simd_and_the_plain_one_does_not() {
     let types = shardload_guest::KERNEL_TYPES;
-    let relaxed = guest_wasm(2, types, DotProduct::Relaxed).unwrap();
+    let relaxed = guest_wasm(&ShardMemories::Private(2), types, DotProduct::Relaxed).unwrap();
     wasmparser::Validator::new_with_features(features(true, true))
         .validate_all(&relaxed)
         .unwrap();
@@ -353,7 +363,12 @@ proptest! {
 fn the_module_exports_exactly_the_export_table_with_its_signatures() {
     use shardload_guest::exports::{EXPORTS, ValType};
     use wasmparser::{Parser, Payload, TypeRef, ValType as W};
-    let wasm = guest_wasm(3, shardload_guest::KERNEL_TYPES, DotProduct::Plain).unwrap();
+    let wasm = guest_wasm(
+        &ShardMemories::Private(3),
+        shardload_guest::KERNEL_TYPES,
+        DotProduct::Plain,
+    )
+    .unwrap();
     let (mut types, mut funcs, mut exported) = (Vec::new(), Vec::new(), Vec::new());
     for payload in Parser::new(0).parse_all(&wasm) {
         match payload.unwrap() {

@@ -351,6 +351,17 @@ struct WebArgs {
     /// The address to listen on. The default is this machine only: anyone who can reach it can read the model.
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
+    /// Context size of the page's conversation, in tokens; sizes the tab's KV cache.
+    #[arg(long, default_value_t = 4096)]
+    ctx: usize,
+    /// Write the page, guest, plan, program and tokenizer into DIR for a static server
+    /// (which must send COOP and COEP headers and answer Range requests), instead of serving.
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+    /// With --export: where the page fetches each model file (repeat for a split set, in order).
+    /// Default: the file's name, so the model sits beside the page.
+    #[arg(long, value_name = "URL", requires = "export")]
+    model_url: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -1,4 +1,5 @@
-//! `shardload web`: serve the browser host for a planned model on localhost.
+//! `shardload web`: serve the browser host for a planned model on localhost,
+//! or export it as static files.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,7 +16,12 @@ pub fn run(args: &WebArgs) -> Result<ExitCode> {
     let model = OpenModel::open(&args.model)?;
     let plan = args.plan.plan(&model)?;
     // Bind first: a port in use is reported before minutes of hashing.
-    let server = shardload_web::Server::bind(SocketAddr::new(args.host, args.port))?;
+    let server = match &args.export {
+        Some(_) => None,
+        None => Some(shardload_web::Server::bind(SocketAddr::new(
+            args.host, args.port,
+        ))?),
+    };
     let total: u64 = plan.tensors.iter().map(|t| t.span.bytes).sum();
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template(
@@ -25,7 +31,17 @@ pub fn run(args: &WebArgs) -> Result<ExitCode> {
     );
     let checksums = shardload_store::tensor_checksums(&plan, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
-    let site = shardload_web::Site::new(&model.name(), &plan, &checksums)?;
+    let options = shardload_web::SiteOptions { ctx: args.ctx };
+    let site = shardload_web::Site::new(
+        &model.name(),
+        &plan,
+        model.gguf.metadata(),
+        &checksums,
+        &options,
+    )?;
+    let Some(server) = server else {
+        return export(args, &site);
+    };
     let addr = server.local_addr()?;
     // Whoever started the server may stop reading its output; it serves on.
     let mut out = std::io::stdout().lock();
@@ -51,5 +67,31 @@ pub fn run(args: &WebArgs) -> Result<ExitCode> {
         );
     }
     server.serve(site)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--export DIR`: the site's files into DIR, the model at `--model-url`s.
+fn export(args: &WebArgs, site: &shardload_web::Site) -> Result<ExitCode> {
+    let dir = args.export.as_deref().unwrap_or(std::path::Path::new("."));
+    let urls = if args.model_url.is_empty() {
+        site.model_file_names()
+    } else {
+        args.model_url.clone()
+    };
+    let written = site.export(dir, &urls)?;
+    let bytes: u64 = written
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "wrote {} files ({}) to {}; the page fetches the model from {}\n\
+         host the folder on a server that sends Cross-Origin-Opener-Policy: same-origin and\n\
+         Cross-Origin-Embedder-Policy: require-corp, and serves the model with Range requests",
+        written.len(),
+        human(bytes),
+        dir.display(),
+        urls.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }

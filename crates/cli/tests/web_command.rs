@@ -204,20 +204,24 @@ fn loads_verifies_and_sweeps_as_wasmtime_does(path: &Path, page: &str) -> Value 
 
 #[test]
 fn smollm2_in_four_shards_verifies_in_chromium_and_sweeps_bit_identically_with_wasmtime() {
-    let report = loads_verifies_and_sweeps_as_wasmtime_does(&model(SMOLLM2), "?run=1&rows=0:6");
+    let report =
+        loads_verifies_and_sweeps_as_wasmtime_does(&model(SMOLLM2), "?run=1&verify=1&rows=0:6");
     assert_eq!(report["dot"], "relaxed");
 }
 
 #[test]
 fn gemma3_in_four_shards_verifies_in_chromium_and_sweeps_bit_identically_with_wasmtime() {
-    let report = loads_verifies_and_sweeps_as_wasmtime_does(&model(GEMMA), "?run=1&rows=0:6");
+    let report =
+        loads_verifies_and_sweeps_as_wasmtime_does(&model(GEMMA), "?run=1&verify=1&rows=0:6");
     assert_eq!(report["dot"], "relaxed");
 }
 
 #[test]
 fn the_plain_simd_guest_a_browser_without_relaxed_simd_gets_computes_the_same_sweep() {
-    let report =
-        loads_verifies_and_sweeps_as_wasmtime_does(&model(SMOLLM2), "?run=1&rows=0:6&dot=plain");
+    let report = loads_verifies_and_sweeps_as_wasmtime_does(
+        &model(SMOLLM2),
+        "?run=1&verify=1&rows=0:6&dot=plain",
+    );
     assert_eq!(report["dot"], "plain");
 }
 
@@ -225,8 +229,11 @@ fn the_plain_simd_guest_a_browser_without_relaxed_simd_gets_computes_the_same_sw
 fn a_model_file_picked_by_a_person_loads_like_the_served_one() {
     let path = model(SMOLLM2);
     let server = WebServer::start(&[path.to_str().unwrap(), "--shards", "4"]);
-    let picked = drive(&server.url, &["--pick", path.to_str().unwrap()]);
-    let served = drive(&format!("{}?run=1", server.url), &[]);
+    let picked = drive(
+        &format!("{}?verify=1", server.url),
+        &["--pick", path.to_str().unwrap()],
+    );
+    let served = drive(&format!("{}?run=1&verify=1", server.url), &[]);
     assert_eq!(picked["error"], Value::Null);
     assert_eq!(picked["source"], "files");
     assert_eq!(served["source"], "server");
@@ -249,7 +256,7 @@ fn page_parameters_that_make_no_sense_are_refused_not_ignored() {
         ),
         ("rows=5:3", "?rows=5:3: give FIRST:END with END past FIRST"),
     ] {
-        let report = drive(&format!("{}?run=1&{query}", server.url), &[]);
+        let report = drive(&format!("{}?run=1&verify=1&{query}", server.url), &[]);
         let error = report["error"]
             .as_str()
             .unwrap_or_else(|| panic!("{query}: no error"));
@@ -273,10 +280,10 @@ fn a_split_set_loads_from_the_server_and_from_picked_files_with_shards_spanning_
             .any(|s| s["extents"].as_array().unwrap().len() > 1),
         "no shard holds the end of one file and the start of the next"
     );
-    let served = drive(&format!("{}?run=1", server.url), &[]);
+    let served = drive(&format!("{}?run=1&verify=1", server.url), &[]);
     // Picked in any order: the page sorts them by name, the split order.
     let picked = drive(
-        &server.url,
+        &format!("{}?verify=1", server.url),
         &[
             "--pick",
             files[2].to_str().unwrap(),
@@ -300,7 +307,10 @@ fn a_split_set_loads_from_the_server_and_from_picked_files_with_shards_spanning_
 fn error_for_picked(file: &Path) -> (String, Value) {
     let path = model(SMOLLM2);
     let server = WebServer::start(&[path.to_str().unwrap(), "--shards", "4"]);
-    let report = drive(&server.url, &["--pick", file.to_str().unwrap()]);
+    let report = drive(
+        &format!("{}?verify=1", server.url),
+        &["--pick", file.to_str().unwrap()],
+    );
     let error = report["error"]
         .as_str()
         .unwrap_or_else(|| panic!("no error: {report:#}"));

@@ -79,6 +79,16 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// The text the template gets as `bos_token` (a browser renders the same).
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// The text the template gets as `eos_token`.
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
     /// Compiles a template's source, with the texts of the BOS and EOS tokens.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
         let mut env = Environment::new();

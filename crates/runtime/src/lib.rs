@@ -15,5 +15,6 @@ mod session;
 
 pub use arch::Hyperparameters;
 pub use chat::{CHAT_TEMPLATE_KEY, ChatTemplate, Message};
+pub use program::{MAX_CTX, Program};
 pub use sample::{Sampler, SamplerConfig};
 pub use session::{SequenceId, Session, SessionOptions, StageOutput};

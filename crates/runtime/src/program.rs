@@ -499,8 +499,15 @@ impl<'a> ProgramBuilder<'a> {
     }
 }
 
-/// An encoded program and where it put everything in scratch.
-pub(crate) struct Program {
+/// The largest context a program takes (positions are i32 in the guest, and
+/// every size it implies must be computed without overflow).
+pub const MAX_CTX: usize = 1 << 24;
+
+/// An encoded forward-pass program and where it put everything in scratch:
+/// what a host writes into the guest's scratch and the offsets it writes
+/// batches to and reads results from. Every host (the session's threads
+/// under wasmtime, a browser's web workers) runs these same bytes.
+pub struct Program {
     /// The header and operation records, written at `at`.
     pub bytes: Vec<u8>,
     /// Scratch offset of the program (what `forward` is given).
@@ -521,4 +528,55 @@ pub(crate) struct Program {
     pub cache_bytes: usize,
     /// The ring caches' `(capacity, window)`: what a truncation must keep.
     pub rings: Vec<(usize, usize)>,
+}
+
+impl Program {
+    /// The program of `file`'s architecture for `options` (its layers,
+    /// context, threads and sequences), laid out in scratch from byte
+    /// `scratch_free` on (past the routing tables of `plan`).
+    pub fn build(
+        plan: &Plan,
+        file: &shardload_gguf::GgufFile,
+        options: &crate::SessionOptions,
+        scratch_free: usize,
+    ) -> Result<Program> {
+        let arch = crate::arch::read(file)?;
+        let hp = arch.hyperparameters();
+        let &crate::SessionOptions {
+            ctx,
+            threads,
+            sequences,
+            ..
+        } = options;
+        if ctx == 0 || ctx > MAX_CTX {
+            bail!("--ctx must be between 1 and {MAX_CTX}, not {ctx}");
+        }
+        if threads == 0 || threads > 256 {
+            bail!("--threads must be between 1 and 256, not {threads}");
+        }
+        if sequences == 0 || sequences > 4096 {
+            bail!("sequences must be between 1 and 4096, not {sequences}");
+        }
+        let layers = options.layers.clone().unwrap_or(0..hp.layers);
+        if layers.start >= layers.end || layers.end > hp.layers {
+            bail!(
+                "layers {}..{} are not a range of the model's {} layers",
+                layers.start,
+                layers.end,
+                hp.layers
+            );
+        }
+        let mut builder = ProgramBuilder::new(plan, hp, ctx);
+        if layers.start == 0 {
+            arch.embed(&mut builder)?;
+        }
+        for layer in layers.clone() {
+            arch.layer(layer, &mut builder)?;
+        }
+        if layers.end == hp.layers {
+            builder.gather_outputs();
+            arch.head(&mut builder)?;
+        }
+        builder.finish(scratch_free, threads, sequences)
+    }
 }

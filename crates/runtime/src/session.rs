@@ -17,11 +17,7 @@ use shardload_store::{GuestInstance, WeightStore};
 
 use crate::arch::{self, Hyperparameters};
 use crate::pool::Pool;
-use crate::program::{Program, ProgramBuilder};
-
-/// The largest context a session takes (positions are i32 in the guest, and
-/// every size it implies must be computed without overflow).
-pub const MAX_CTX: usize = 1 << 24;
+use crate::program::Program;
 
 /// A sequence of a session: a conversation, with its own KV cache region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,45 +121,16 @@ impl Session {
         file: &GgufFile,
         options: &SessionOptions,
     ) -> Result<Session> {
-        let arch = arch::read(file)?;
-        let hp = arch.hyperparameters().clone();
+        let (mut guest, _) = store.instantiate()?;
+        let program = Program::build(store.plan(), file, options, guest.scratch_free())?;
+        let hp = arch::read(file)?.hyperparameters().clone();
         let &SessionOptions {
             ctx,
             threads,
             sequences,
             ..
         } = options;
-        if ctx == 0 || ctx > MAX_CTX {
-            bail!("--ctx must be between 1 and {MAX_CTX}, not {ctx}");
-        }
-        if threads == 0 || threads > 256 {
-            bail!("--threads must be between 1 and 256, not {threads}");
-        }
-        if sequences == 0 || sequences > 4096 {
-            bail!("sequences must be between 1 and 4096, not {sequences}");
-        }
         let layers = options.layers.clone().unwrap_or(0..hp.layers);
-        if layers.start >= layers.end || layers.end > hp.layers {
-            bail!(
-                "layers {}..{} are not a range of the model's {} layers",
-                layers.start,
-                layers.end,
-                hp.layers
-            );
-        }
-        let mut builder = ProgramBuilder::new(store.plan(), &hp, ctx);
-        if layers.start == 0 {
-            arch.embed(&mut builder)?;
-        }
-        for layer in layers.clone() {
-            arch.layer(layer, &mut builder)?;
-        }
-        if layers.end == hp.layers {
-            builder.gather_outputs();
-            arch.head(&mut builder)?;
-        }
-        let (mut guest, _) = store.instantiate()?;
-        let program = builder.finish(guest.scratch_free(), threads, sequences)?;
         guest.ensure_scratch(program.end)?;
         guest.write_bytes(program.at, &program.bytes)?;
         let workers = (1..threads)

@@ -129,10 +129,18 @@ impl WeightStore {
         let types = guest_types(&plan);
         let compile = |dot| -> Result<(Module, CompileSource)> {
             let generate = || {
-                shardload_guest::guest_wasm(shards, &types, dot)
-                    .map_err(|e| anyhow!("cannot generate the guest: {e}"))
+                shardload_guest::guest_wasm(
+                    &shardload_guest::ShardMemories::Private(shards),
+                    &types,
+                    dot,
+                )
+                .map_err(|e| anyhow!("cannot generate the guest: {e}"))
             };
-            let key = shardload_guest::guest_key(shards, &types, dot);
+            let key = shardload_guest::guest_key(
+                &shardload_guest::ShardMemories::Private(shards),
+                &types,
+                dot,
+            );
             cache
                 .module(&engine, key, generate)
                 .context("cannot compile the guest")

@@ -17,12 +17,12 @@ use crate::{Error, Tokenizer};
 const MISSING: u32 = u32::MAX;
 
 pub(crate) struct Bpe {
-    pre: PreTokenizer,
-    ignore_merges: bool,
+    pub(crate) pre: PreTokenizer,
+    pub(crate) ignore_merges: bool,
     /// The token of each byte's GPT-2 character (`Ġ` for a space).
-    byte_ids: [u32; 256],
+    pub(crate) byte_ids: [u32; 256],
     /// (left, right) -> (rank, merged token).
-    merges: FxHashMap<(u32, u32), (u32, u32)>,
+    pub(crate) merges: FxHashMap<(u32, u32), (u32, u32)>,
 }
 
 /// GPT-2's byte alphabet: printable bytes stand for themselves, the others

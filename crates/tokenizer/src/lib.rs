@@ -15,6 +15,7 @@
 //! wasm.
 
 mod bpe;
+mod export;
 mod load;
 mod pre;
 mod special;

@@ -228,24 +228,34 @@ pub fn families() -> impl Iterator<Item = &'static [&'static str]> {
 /// A family's regexes, compiled.
 pub(crate) struct PreTokenizer {
     regexes: Vec<Regex>,
+    sources: Vec<&'static str>,
 }
 
 impl PreTokenizer {
     /// The pre-tokenizer of `family`; an error is a regex that does not compile.
     pub(crate) fn new(family: &Family) -> Result<PreTokenizer, String> {
-        let regexes = family
+        let sources: Vec<&'static str> = family
             .regexes
             .iter()
             .map(|&regex| {
-                let text = if regex == KIMI_K2_TRIGGER {
+                if regex == KIMI_K2_TRIGGER {
                     KIMI_K2
                 } else {
                     regex
-                };
-                Regex::new(text).map_err(|e| format!("regex {regex}: {e}"))
+                }
             })
+            .collect();
+        let regexes = sources
+            .iter()
+            .map(|&text| Regex::new(text).map_err(|e| format!("regex {text}: {e}")))
             .collect::<Result<_, _>>()?;
-        Ok(PreTokenizer { regexes })
+        Ok(PreTokenizer { regexes, sources })
+    }
+
+    /// The regexes as they are run (fancy-regex syntax, Unicode semantics),
+    /// for hosts in other languages that split as this does.
+    pub(crate) fn sources(&self) -> &[&'static str] {
+        &self.sources
     }
 
     /// Calls `f` with each word of `text`, in order.

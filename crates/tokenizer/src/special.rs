@@ -18,7 +18,7 @@ pub(crate) enum Fragment {
 /// The control, user-defined and unknown tokens, longest text first (ties by
 /// id), and an automaton that finds all their occurrences in one pass.
 pub(crate) struct Specials {
-    ids: Vec<u32>,
+    pub(crate) ids: Vec<u32>,
     lens: Vec<usize>,
     automaton: Option<AhoCorasick>,
 }
