@@ -67,7 +67,7 @@ export function unsupportedReason(features) {
     return 'This page is not a secure origin, so the browser gives it no shared WebAssembly memories (the guest\'s scratch): open it as http://localhost or http://127.0.0.1 (through an SSH tunnel from another machine), or over HTTPS.';
   }
   if (!features.sharedMemory) {
-    return 'This page is not cross-origin isolated, so shared WebAssembly memories (the guest\'s scratch) are unavailable: open it from `shardload web`, which sends the COOP and COEP headers.';
+    return 'This page is not cross-origin isolated, so shared WebAssembly memories (the guest\'s, which its web workers share) are unavailable: open it from `shardload web`, or from a server that sends the COOP and COEP headers (Cross-Origin-Opener-Policy: same-origin, Cross-Origin-Embedder-Policy: require-corp).';
   }
   return null;
 }

@@ -29,6 +29,7 @@ const SPM_SPACE = '\xE2\x96\x81';
 
 const utf8Encoder = new TextEncoder();
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const utf16Decoder = new TextDecoder('utf-16le', { ignoreBOM: true });
 
 /**
  * A model's tokenizer, built from the JSON `Tokenizer::to_json` writes, giving
@@ -41,8 +42,6 @@ export class Tokenizer {
   /** Every piece's bytes, concatenated; `#pieceEnds[i]` ends piece i. */
   #pieceBytes;
   #pieceEnds;
-  /** Token text (binary string) to id; for duplicate texts the last id wins. */
-  #idOfText = new Map();
   #specials;
   #bos;
   #eos;
@@ -54,8 +53,8 @@ export class Tokenizer {
   #model;
 
   /**
-   * Why: the JSON is the whole tokenizer, so a wrong or stale file must fail
-   * here, loudly, not give wrong ids later.
+   * Throws on a JSON of another format or an inconsistent one: the JSON is the
+   * whole tokenizer, so a wrong or stale file must fail here, not give wrong ids later.
    * @param {object} data the parsed `shardload-tokenizer/1` JSON
    */
   constructor(data) {
@@ -71,7 +70,6 @@ export class Tokenizer {
     const texts = concatenate(data.texts);
     const allTexts = binaryString(texts.bytes);
     const textOf = (id) => allTexts.slice(id === 0 ? 0 : texts.ends[id - 1], texts.ends[id]);
-    for (let id = 0; id < n; id++) this.#idOfText.set(textOf(id), id);
     this.#specials = new Specials(data.specials, textOf);
     this.#bos = data.bos ?? null;
     this.#eos = data.eos ?? null;
@@ -79,8 +77,11 @@ export class Tokenizer {
     this.#eog = new Set(data.eog);
     this.#addBos = Boolean(data.add_bos);
     this.#addEos = Boolean(data.add_eos);
-    if (data.kind === 'bpe') this.#model = new Bpe(data, this.#idOfText);
-    else if (data.kind === 'spm') this.#model = new Spm(data, this.#idOfText);
+    // As the Rust load(): an id to add must exist.
+    if (this.#addBos && this.#bos === null) throw new Error(`${FORMAT}: add_bos without a bos id`);
+    if (this.#addEos && this.#eos === null) throw new Error(`${FORMAT}: add_eos without an eos id`);
+    if (data.kind === 'bpe') this.#model = new Bpe(data, textOf);
+    else if (data.kind === 'spm') this.#model = new Spm(data, textOf);
     else throw new Error(`${FORMAT}: unknown tokenizer kind ${JSON.stringify(data.kind)} (expected "bpe" or "spm")`);
   }
 
@@ -100,7 +101,7 @@ export class Tokenizer {
     else if (input instanceof Uint8Array) bytes = input;
     else throw new TypeError('encode takes a string or a Uint8Array');
     const out = [];
-    if (addSpecial && this.#addBos && this.#bos !== null) out.push(this.#bos);
+    if (addSpecial && this.#addBos) out.push(this.#bos);
     // The space prefix (sentencepiece) goes at the start and after each special token.
     let afterSpecial = true;
     for (const fragment of this.#specials.partition(bytes, parseSpecial, this.#attrs)) {
@@ -112,7 +113,7 @@ export class Tokenizer {
         afterSpecial = false;
       }
     }
-    if (addSpecial && this.#addEos && this.#eos !== null) out.push(this.#eos);
+    if (addSpecial && this.#addEos) out.push(this.#eos);
     return out;
   }
 
@@ -319,22 +320,31 @@ class Bpe {
   #regexes;
   #ignoreMerges;
   #byteIds;
+  /** Token text to id, for ignore_merges (null without). */
   #idOfText;
-  #nTokens;
-  /** left * nTokens + right -> rank; `#mergedOf[rank]` is the merged token. */
-  #rankOfPair = new Map();
+  #rankOfPair;
+  /** `#mergedOf[rank]`: the token a merge makes. */
   #mergedOf;
+  /** Buffers reused from word to word: its bytes, symbol ids and links. */
+  #bytes = new Uint8Array(64);
+  #ids = new Int32Array(64);
+  #next = new Int32Array(64);
+  #prev = new Int32Array(64);
+  /** Merge candidates as rank * 2^32 + left index: lowest rank first, then leftmost. */
+  #queue = new Heap((a, b) => a < b);
 
-  constructor(data, idOfText) {
+  constructor(data, textOf) {
     this.#regexes = data.regexes.map(regexFromRust);
     this.#ignoreMerges = Boolean(data.ignore_merges);
     if (data.byte_ids?.length !== 256) throw new Error(`${FORMAT}: bpe needs 256 byte_ids`);
     this.#byteIds = Int32Array.from(data.byte_ids, (id) => id ?? MISSING);
-    this.#idOfText = idOfText;
-    this.#nTokens = data.texts.length;
+    this.#idOfText = this.#ignoreMerges ? idsOfTexts(data.texts.length, textOf) : null;
+    // Ranks and indices share a number in #queue: both must stay exact.
+    if (data.merges.length >= 2 ** 21) throw new Error(`${FORMAT}: ${data.merges.length} merges, more than this port handles`);
+    this.#rankOfPair = new PairTable(data.merges.length);
     this.#mergedOf = new Int32Array(data.merges.length);
     data.merges.forEach(([left, right, merged], rank) => {
-      this.#rankOfPair.set(left * this.#nTokens + right, rank);
+      this.#rankOfPair.set(left, right, rank);
       this.#mergedOf[rank] = merged;
     });
   }
@@ -352,57 +362,111 @@ class Bpe {
         return;
       }
       const first = out.length;
-      this.#word(wordBytes(word, offset, standIns), out);
+      this.#word(word, offset, standIns, out);
       seen?.set(word, out.slice(first));
     });
   }
 
-  /** Appends the tokens of one word's bytes. */
-  #word(bytes, out) {
+  /** Appends the tokens of one word (at `offset` in its fragment's text). */
+  #word(word, offset, standIns, out) {
+    if (this.#bytes.length < 3 * word.length) this.#grow(3 * word.length);
+    const n = wordBytes(word, offset, standIns, this.#bytes);
+    const bytes = this.#bytes;
     if (this.#ignoreMerges) {
       let spelled = '';
-      for (const b of bytes) spelled += BYTE_CHAR_TEXT[b];
+      for (let i = 0; i < n; i++) spelled += BYTE_CHAR_TEXT[bytes[i]];
       const id = this.#idOfText.get(spelled);
       if (id !== undefined) {
         out.push(id);
         return;
       }
     }
-    const n = bytes.length;
-    const ids = Int32Array.from(bytes, (b) => this.#byteIds[b]);
-    if (n > 1) {
-      const next = Int32Array.from({ length: n }, (_, i) => i + 1);
-      const prev = Int32Array.from({ length: n }, (_, i) => i - 1);
-      // [rank, left, right, left id, right id]: lowest rank first, then leftmost.
-      const heap = new Heap((a, b) => {
-        for (let k = 0; k < 5; k++) if (a[k] !== b[k]) return a[k] < b[k];
-        return false;
-      });
-      const candidate = (l, r) => {
-        if (ids[l] === MISSING || ids[r] === MISSING) return;
-        const rank = this.#rankOfPair.get(ids[l] * this.#nTokens + ids[r]);
-        if (rank !== undefined) heap.push([rank, l, r, ids[l], ids[r]]);
-      };
-      for (let i = 1; i < n; i++) candidate(i - 1, i);
-      while (heap.size > 0) {
-        const [rank, l, r, leftId, rightId] = heap.pop();
-        // Stale: either side changed since this pair was seen.
-        if (ids[l] !== leftId || ids[r] !== rightId || next[l] !== r) continue;
-        ids[l] = this.#mergedOf[rank];
-        ids[r] = MISSING;
-        const after = next[r];
-        next[l] = after;
-        next[r] = n;
-        if (after < n) {
-          prev[after] = l;
-          candidate(l, after);
-        }
-        if (prev[l] >= 0) candidate(prev[l], l);
-      }
-      for (let i = 0; i < n; i = next[i]) if (ids[i] !== MISSING) out.push(ids[i]);
-    } else {
-      for (const id of ids) if (id !== MISSING) out.push(id);
+    const [ids, next, prev, queue, pairs] = [this.#ids, this.#next, this.#prev, this.#queue, this.#rankOfPair];
+    for (let i = 0; i < n; i++) {
+      ids[i] = this.#byteIds[bytes[i]];
+      next[i] = i + 1;
+      prev[i] = i - 1;
     }
+    const rankAt = (l, r) => (ids[l] === MISSING || ids[r] === MISSING ? -1 : pairs.get(ids[l], ids[r]));
+    const candidate = (l, r) => {
+      const rank = rankAt(l, r);
+      if (rank >= 0) queue.push(rank * 2 ** 32 + l);
+    };
+    for (let i = 1; i < n; i++) candidate(i - 1, i);
+    while (queue.size > 0) {
+      const key = queue.pop();
+      const rank = Math.floor(key / 2 ** 32);
+      const l = key - rank * 2 ** 32;
+      const r = next[l];
+      // Stale unless the pair at l is still this merge. The same test as
+      // bpe.rs (same left id, right id and right index): ranks are one per
+      // pair, a symbol that merges never gets its id back (a merged token's
+      // text is longer), and l's right neighbour changes only when l merges.
+      if (r >= n || rankAt(l, r) !== rank) continue;
+      ids[l] = this.#mergedOf[rank];
+      ids[r] = MISSING;
+      const after = next[r];
+      next[l] = after;
+      next[r] = n;
+      if (after < n) {
+        prev[after] = l;
+        candidate(l, after);
+      }
+      if (prev[l] >= 0) candidate(prev[l], l);
+    }
+    for (let i = 0; i < n; i = next[i]) if (ids[i] !== MISSING) out.push(ids[i]);
+  }
+
+  #grow(length) {
+    this.#bytes = new Uint8Array(length);
+    this.#ids = new Int32Array(length);
+    this.#next = new Int32Array(length);
+    this.#prev = new Int32Array(length);
+  }
+}
+
+/**
+ * Token pairs (left, right) to merge ranks: an open-addressing hash table of
+ * integers, so that the merge loop looks pairs up without allocating. For a
+ * pair given twice the first rank stays, as in bpe.rs.
+ */
+class PairTable {
+  #lefts;
+  #rights;
+  #ranks;
+  #mask;
+
+  constructor(count) {
+    let size = 16;
+    while (size < 1.5 * count) size *= 2;
+    this.#lefts = new Int32Array(size).fill(-1);
+    this.#rights = new Int32Array(size);
+    this.#ranks = new Int32Array(size);
+    this.#mask = size - 1;
+  }
+
+  set(left, right, rank) {
+    let i = this.#slot(left, right);
+    for (; this.#lefts[i] !== -1; i = (i + 1) & this.#mask) {
+      if (this.#lefts[i] === left && this.#rights[i] === right) return;
+    }
+    this.#lefts[i] = left;
+    this.#rights[i] = right;
+    this.#ranks[i] = rank;
+  }
+
+  /** The rank of a pair, or -1 if it does not merge. */
+  get(left, right) {
+    for (let i = this.#slot(left, right); this.#lefts[i] !== -1; i = (i + 1) & this.#mask) {
+      if (this.#lefts[i] === left && this.#rights[i] === right) return this.#ranks[i];
+    }
+    return -1;
+  }
+
+  #slot(left, right) {
+    let h = Math.imul(left, 0x9e3779b1) ^ right;
+    h = Math.imul(h ^ (h >>> 15), 0x85ebca6b);
+    return (h ^ (h >>> 13)) & this.#mask;
   }
 }
 
@@ -411,9 +475,11 @@ class Bpe {
  * reads them: valid UTF-8 as it is; otherwise a byte that does not start a
  * complete sequence becomes U+FFFD and reading goes on at the next byte,
  * overlong forms give their code point, code points past U+10FFFF become
- * U+FFFD, and a surrogate (which no string may hold) becomes the stand-in
- * U+E000 + (s - U+D800), of the same regex class. `standIns` holds the UTF-16
- * offsets of the stand-ins (null if none), to put their bytes back.
+ * U+FFFD, and a surrogate becomes the stand-in U+E000 + (s - U+D800), of
+ * the same regex class, as in Rust (whose strings cannot hold one): a JS
+ * string can, but two in a row (CESU-8) would read as one astral character,
+ * another class. `standIns` holds the UTF-16 offsets of the stand-ins (null
+ * if none), to put their bytes back.
  */
 function lenientUtf8(bytes) {
   try {
@@ -460,11 +526,11 @@ function lenientUtf8(bytes) {
 }
 
 /**
- * A word's bytes: its UTF-8, with each stand-in of `lenientUtf8` (at
- * `offset` + its index, in the fragment's text) back to its surrogate's bytes.
+ * Writes a word's bytes into `out` (room for 3 per UTF-16 unit) and returns
+ * their count: its UTF-8, with each stand-in of `lenientUtf8` (at `offset` +
+ * its index, in the fragment's text) back to its surrogate's bytes.
  */
-function wordBytes(word, offset, standIns) {
-  const out = new Uint8Array(word.length * 3);
+function wordBytes(word, offset, standIns, out) {
   let n = 0;
   for (let i = 0; i < word.length; i++) {
     let cpt = word.codePointAt(i);
@@ -486,7 +552,7 @@ function wordBytes(word, offset, standIns) {
       i++;
     }
   }
-  return out.subarray(0, n);
+  return n;
 }
 
 /**
@@ -562,8 +628,9 @@ function regexFromRust(source) {
         js += `\\u{${source.slice(i + 2, close)}}`;
         i = close;
       } else if (e === 'p' || e === 'P') {
-        const close = source.indexOf('}', i);
-        const name = source.slice(i + 2, close);
+        // `\p{Name}`, or `\pL` with a one-letter name.
+        const close = source[i + 1] === '{' ? source.indexOf('}', i) : i + 1;
+        const name = source[i + 1] === '{' ? source.slice(i + 2, close) : source[close];
         let known = true;
         try {
           new RegExp(`\\p{${name}}`, 'u');
@@ -620,9 +687,10 @@ class Spm {
   #scoreOrder;
   #byteTokens;
   #addSpacePrefix;
+  /** Token text to id. */
   #idOfText;
 
-  constructor(data, idOfText) {
+  constructor(data, textOf) {
     const n = data.texts.length;
     if (data.scores?.length !== n) throw new Error(`${FORMAT}: ${data.scores?.length} scores for ${n} tokens`);
     if (data.byte_tokens?.length !== 256) throw new Error(`${FORMAT}: spm needs 256 byte_tokens`);
@@ -631,7 +699,7 @@ class Spm {
     this.#scoreOrder = bits.map((b) => b ^ ((b >> 31) >>> 1));
     this.#byteTokens = Int32Array.from(data.byte_tokens);
     this.#addSpacePrefix = Boolean(data.add_space_prefix);
-    this.#idOfText = idOfText;
+    this.#idOfText = idsOfTexts(n, textOf);
   }
 
   /**
@@ -736,29 +804,54 @@ class Heap {
 
 /**
  * The JSON's byte strings (a string, as UTF-8, or an array of byte values)
- * concatenated: {bytes, ends}, `ends[i]` ending value i.
+ * concatenated: {bytes, ends}, `ends[i]` ending value i. The strings are
+ * encoded in one call (one per token is several times slower in Chromium).
  */
 function concatenate(values) {
-  let capacity = 0;
-  for (const v of values) capacity += typeof v === 'string' ? 3 * v.length : v.length;
-  const bytes = new Uint8Array(capacity);
   const ends = new Uint32Array(values.length);
+  const strings = [];
   let at = 0;
   values.forEach((v, i) => {
     if (typeof v === 'string') {
-      at += utf8Encoder.encodeInto(v, bytes.subarray(at)).written;
+      for (let k = 0; k < v.length; k++) {
+        const unit = v.charCodeAt(k);
+        if (unit < 0x80) at += 1;
+        else if (unit < 0x800) at += 2;
+        else if ((unit & 0xfc00) === 0xd800) [at, k] = [at + 4, k + 1];
+        else at += 3;
+      }
+      strings.push(v);
     } else {
-      bytes.set(v, at);
       at += v.length;
     }
     ends[i] = at;
   });
-  return { bytes: bytes.slice(0, at), ends };
+  const encoded = utf8Encoder.encode(strings.join(''));
+  if (strings.length === values.length && encoded.length === at) return { bytes: encoded, ends };
+  const bytes = new Uint8Array(at);
+  let from = 0;
+  values.forEach((v, i) => {
+    const start = i === 0 ? 0 : ends[i - 1];
+    if (typeof v === 'string') {
+      bytes.set(encoded.subarray(from, from + ends[i] - start), start);
+      from += ends[i] - start;
+    } else {
+      bytes.set(v, start);
+    }
+  });
+  // Counted as UTF-8 above, but a lone surrogate is encoded as U+FFFD.
+  if (from !== encoded.length) throw new Error(`${FORMAT}: a token text or piece is not valid Unicode`);
+  return { bytes, ends };
 }
 
-/** Bytes as a binary string: one char per byte. */
+/** Token text (binary string) to id, as the Rust `token_to_id`: for duplicate texts the last id wins. */
+function idsOfTexts(n, textOf) {
+  const ids = new Map();
+  for (let id = 0; id < n; id++) ids.set(textOf(id), id);
+  return ids;
+}
+
+/** Bytes as a binary string: one char per byte (as UTF-16 units, none of them a surrogate or a BOM). */
 function binaryString(bytes) {
-  let out = '';
-  for (let i = 0; i < bytes.length; i += 8192) out += String.fromCharCode(...bytes.subarray(i, i + 8192));
-  return out;
+  return utf16Decoder.decode(new Uint16Array(bytes));
 }

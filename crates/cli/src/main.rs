@@ -121,18 +121,26 @@ prefix already in the KV cache. End of input exits; Ctrl-C stops a reply, and at
 A conversation that outgrows --ctx ends with a message. A GGUF without a chat template gets its
 architecture's own where the runtime has one; otherwise give --chat-template.")]
     Chat(chat_cmd::ChatArgs),
-    /// Serve the browser host: a page that loads the model into memory64 memories in a tab and verifies it.
+    /// Serve the browser chat: the model in memory64 memories in a tab, the guest on web workers.
     #[command(after_help = "Examples:
   shardload web                                          # the default model, http://127.0.0.1:8080/
   shardload web models/gemma-3-270m-q4_k_m.gguf --shards 4 --port 0   # any free port
-  shardload web big.gguf --plan plan.json
+  shardload web big.gguf --plan plan.json --ctx 8192
+  shardload web --export site/ --model-url https://example.org/m.gguf  # a static bundle
 
-Serves, from one origin: the page (web/index.html), the browser host (web/shardload.js), the plan,
-the guest module generated for it, the host's XXH64 of every tensor, and the model files with HTTP
-Range requests. The tab copies each shard's bytes into its own memory64 memory (browsers cannot
-map files), instantiates the guest, verifies every tensor's XXH64 and runs one decode-step matvec
-sweep. Open the printed URL; ?run=1 starts at once and writes a JSON report into #report.
-Needs a browser with memory64, multi-memory and SIMD (relaxed SIMD is used when present).")]
+Serves, from one cross-origin isolated origin: the page (web/), the plan, the guest generated
+for it (its shard memories imported shared, so every web worker reads one copy), the same
+forward-pass program wasmtime runs, the tokenizer and chat template resolved from the GGUF, the
+host's XXH64 of every tensor, and the model files with HTTP Range requests. The tab copies each
+shard into its own memory64 memory (browsers cannot map files; a reload copies from the
+browser's Origin Private File System instead of the network), starts one web worker per thread,
+and chats with the model's own template; replies stream with tok/s, time to first token and the
+context used. Verification and a decode-step sweep are in a panel.
+
+For scripts: ?run=1 loads at once; &prompt=TEXT (or &tokens=IDS) &n=N &temp= &seed= generates
+as `shardload generate` does; &messages=JSON renders a chat; &verify=1 verifies; &workers=T;
+&cache=0. The JSON report is written into #report. Needs memory64, multi-memory, SIMD and
+cross-origin isolation (Chrome or Edge 133+, Firefox 134+).")]
     Web(WebArgs),
     /// Serve the model over HTTP: OpenAI's API and llama-server's, several conversations batched together.
     #[command(after_help = "Examples:

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use shardload_suite::{GEMMA, SMOLLM2, make_split, model, reference_xxh64, root};
+use shardload_suite::{GEMMA, QWEN, SMOLLM2, make_split, model, reference_xxh64, root};
 
 /// A `shardload web` process on a free port, stopped when dropped.
 struct WebServer {
@@ -494,4 +494,371 @@ fn a_port_in_use_is_an_error_that_says_what_to_do() {
         "{stderr}"
     );
     assert!(stderr.contains("--port 0"), "{stderr}");
+}
+
+/// `shardload generate --json` natively (wasmtime), the reference the tab must equal.
+fn native_generate(model: &Path, args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .arg("generate")
+        .arg(model)
+        .args(["--json", "--threads", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A URL query value, percent-encoded.
+fn query(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Greedy generation in the tab, with 1 and 2 web workers, against `shardload generate`.
+fn greedy_in_the_tab_is_generates(name: &str) {
+    let path = model(name);
+    let prompt = "The capital of France is";
+    let native = native_generate(&path, &["-p", prompt, "-n", "32", "--temp", "0"]);
+    let server = WebServer::start(&[path.to_str().unwrap(), "--shards", "3"]);
+    for workers in [1, 2] {
+        let report = drive(
+            &format!(
+                "{}?run=1&cache=0&prompt={}&n=32&temp=0&workers={workers}",
+                server.url,
+                query(prompt)
+            ),
+            &[],
+        );
+        assert_eq!(report["error"], Value::Null, "{report:#}");
+        assert_eq!(report["workers"], workers);
+        assert_eq!(report["prompt_tokens"], native["prompt_tokens"], "{name}");
+        assert_eq!(
+            report["tokens"], native["tokens"],
+            "{name}, {workers} workers"
+        );
+        assert_eq!(report["text"], native["text"], "{name}");
+        assert_eq!(report["tokens"].as_array().unwrap().len(), 32);
+    }
+}
+
+#[test]
+fn smollm2_greedy_in_the_tab_gives_shardload_generates_ids_with_one_and_two_workers() {
+    greedy_in_the_tab_is_generates(SMOLLM2);
+}
+
+#[test]
+fn gemma3_greedy_in_the_tab_gives_shardload_generates_ids_with_one_and_two_workers() {
+    greedy_in_the_tab_is_generates(GEMMA);
+}
+
+#[test]
+fn a_seeded_sampled_run_in_the_tab_draws_shardload_generates_tokens() {
+    let path = model(SMOLLM2);
+    let prompt = "Once upon a time";
+    let native = native_generate(&path, &["-p", prompt, "-n", "48", "--seed", "7"]);
+    let server = WebServer::start(&[path.to_str().unwrap()]);
+    let report = drive(
+        &format!(
+            "{}?run=1&cache=0&prompt={}&n=48&seed=7&workers=2",
+            server.url,
+            query(prompt)
+        ),
+        &[],
+    );
+    assert_eq!(report["error"], Value::Null, "{report:#}");
+    assert_eq!(report["tokens"], native["tokens"]);
+    // Sampled, not greedy: the same seed elsewhere would be a weak check otherwise.
+    let greedy = native_generate(&path, &["-p", prompt, "-n", "48", "--temp", "0"]);
+    assert_ne!(report["tokens"], greedy["tokens"]);
+}
+
+#[test]
+fn the_tabs_chat_prompt_for_a_two_turn_conversation_is_shardload_chats_for_three_models() {
+    let messages = [
+        ("user", "What is the capital of France?"),
+        ("assistant", "The capital of France is Paris."),
+        ("user", "And of Italy? Answer in one word."),
+    ];
+    let json: Vec<Value> = messages
+        .iter()
+        .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+        .collect();
+    let json = serde_json::to_string(&json).unwrap();
+    for name in [SMOLLM2, GEMMA, QWEN] {
+        let path = model(name);
+        let file = shardload_gguf::GgufFile::open(&path).unwrap();
+        let template = shardload_runtime::ChatTemplate::from_gguf(&file).unwrap();
+        let tokenizer = shardload_tokenizer::Tokenizer::from_gguf(&file).unwrap();
+        let turns: Vec<_> = messages
+            .iter()
+            .map(|(role, content)| shardload_runtime::Message::new(*role, *content))
+            .collect();
+        let server = WebServer::start(&[path.to_str().unwrap()]);
+        let report = drive(
+            &format!(
+                "{}?run=1&cache=0&workers=2&messages={}",
+                server.url,
+                query(&json)
+            ),
+            &[],
+        );
+        assert_eq!(report["error"], Value::Null, "{name}: {report:#}");
+        assert_eq!(
+            report["rendered"],
+            template.render(&turns, true).unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            report["prompt_tokens"],
+            serde_json::json!(template.prompt_tokens(&tokenizer, &turns).unwrap()),
+            "{name}"
+        );
+    }
+}
+
+/// Every vocabulary's tokenizer data (as `shardload web` serves it), run by
+/// web/tokenizer.js in Chromium on the committed llama-tokenize cases.
+#[test]
+fn every_vocabulary_tokenizes_in_chromium_exactly_as_llama_cpp_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let vocabularies: Vec<_> = std::fs::read_dir(root().join("models/vocab"))
+        .expect("models/vocab is missing: run scripts/fetch-vocabs (scripts/test does)")
+        .map(|e| e.unwrap().path())
+        .chain([model(SMOLLM2), model(GEMMA), model(QWEN)])
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    for path in &vocabularies {
+        let file = shardload_gguf::GgufFile::open(path).unwrap();
+        let tokenizer = shardload_tokenizer::Tokenizer::from_gguf(&file).unwrap();
+        let name = path.file_stem().unwrap().to_string_lossy();
+        std::fs::write(
+            dir.path().join(format!("{name}.json")),
+            tokenizer.to_json().to_string(),
+        )
+        .unwrap();
+    }
+    let output = Command::new("node")
+        .arg(root().join("web/tests/tokenize.mjs"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tokenize.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["mismatches"], serde_json::json!([]), "{result:#}");
+    assert_eq!(result["vocabularies"], vocabularies.len(), "{result:#}");
+    assert!(result["cases"].as_u64().unwrap() >= 59 * vocabularies.len() as u64);
+}
+
+/// A `shardload web` of `path` on `port` (0: any), with its URL.
+fn serve_on(path: &Path, port: u16) -> WebServer {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .arg("web")
+        .arg(path)
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    WebServer {
+        child,
+        url,
+        _stdout: stdout,
+    }
+}
+
+#[test]
+fn a_reload_copies_the_model_from_the_browsers_cache_and_fetches_none_of_it() {
+    let path = model(SMOLLM2);
+    let profile = tempfile::tempdir().unwrap();
+    let profile = profile.path().to_str().unwrap();
+    let server = serve_on(&path, 0);
+    let page = format!("{}?run=1&tokens=19556,905&n=8&temp=0", server.url);
+    let first = drive(&page, &["--profile", profile]);
+    let second = drive(&page, &["--profile", profile]);
+    for report in [&first, &second] {
+        assert_eq!(report["error"], Value::Null, "{report:#}");
+        assert_eq!(report["cache"]["error"], Value::Null, "{report:#}");
+    }
+    let copied = &first["bytes_copied"];
+    assert_eq!(first["cache"]["from_network"], *copied);
+    assert_eq!(first["cache"]["from_cache"], 0);
+    assert_eq!(second["cache"]["from_network"], 0, "{second:#}");
+    assert_eq!(second["cache"]["from_cache"], *copied);
+    assert_eq!(first["tokens"], second["tokens"]);
+}
+
+#[test]
+fn a_changed_model_file_is_not_taken_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(SMOLLM2);
+    std::fs::copy(model(SMOLLM2), &path).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let profile = profile.path().to_str().unwrap();
+    let server = serve_on(&path, 0);
+    let port = server.port();
+    let first = drive(&format!("{}?run=1", server.url), &["--profile", profile]);
+    assert_eq!(first["error"], Value::Null, "{first:#}");
+    drop(server);
+    // One byte of the first tensor's data: the fingerprint reads it, so the plan's changes.
+    let data_offset = shardload_gguf::GgufFile::open(&path)
+        .unwrap()
+        .header
+        .data_offset;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[data_offset as usize + 7] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    // The same origin (port), so the same browser storage.
+    let server = serve_on(&path, port);
+    let second = drive(
+        &format!("{}?run=1&verify=1&sweep=0", server.url),
+        &["--profile", profile],
+    );
+    assert_eq!(second["error"], Value::Null, "{second:#}");
+    assert_eq!(second["cache"]["from_cache"], 0, "{second:#}");
+    assert_eq!(second["cache"]["from_network"], second["bytes_copied"]);
+    assert_eq!(second["failed"], 0);
+    assert_eq!(second["verified"], 272);
+}
+
+#[test]
+fn a_storage_quota_refused_is_said_in_words_and_the_model_still_runs() {
+    let path = model(SMOLLM2);
+    let native = native_generate(
+        &path,
+        &["--prompt-tokens", "19556,905", "-n", "8", "--temp", "0"],
+    );
+    let server = serve_on(&path, 0);
+    let report = drive(
+        &format!("{}?run=1&tokens=19556,905&n=8&temp=0", server.url),
+        &["--quota", "1000000"],
+    );
+    assert_eq!(report["error"], Value::Null, "{report:#}");
+    let error = report["cache"]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(error.contains("storage quota refused"), "{error}");
+    assert!(
+        error.contains("loads from the network each time"),
+        "{error}"
+    );
+    assert_eq!(report["tokens"], native["tokens"]);
+}
+
+/// `shardload web --export` of `path` into a new folder, the model at `model_url`.
+fn export(path: &Path, model_url: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_shardload"))
+        .arg("web")
+        .arg(path)
+        .arg("--export")
+        .arg(dir.path())
+        .args(["--model-url", model_url])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("Cross-Origin-Embedder-Policy"), "{stdout}");
+    dir
+}
+
+#[test]
+fn an_exported_site_on_a_plain_static_server_generates_shardload_generates_ids() {
+    let path = model(SMOLLM2);
+    let models = path.parent().unwrap().to_str().unwrap();
+    let site = export(&path, &format!("/models/{SMOLLM2}"));
+    for file in [
+        "index.html",
+        "manifest.json",
+        "program.bin",
+        "tokenizer.json",
+        "guest.wasm",
+        "vendor/jinja.js",
+    ] {
+        assert!(site.path().join(file).exists(), "{file}");
+    }
+    let native = native_generate(&path, &["-p", "Hello", "-n", "16", "--temp", "0"]);
+    let report = drive(
+        "/?run=1&cache=0&prompt=Hello&n=16&temp=0",
+        &[
+            "--static",
+            &format!("/={}", site.path().display()),
+            "--static",
+            &format!("/models/={models}"),
+        ],
+    );
+    assert_eq!(report["error"], Value::Null, "{report:#}");
+    assert_eq!(report["tokens"], native["tokens"]);
+}
+
+#[test]
+fn a_truncated_model_at_the_exported_url_is_an_error_naming_the_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(model(SMOLLM2)).unwrap();
+    std::fs::write(
+        dir.path().join(SMOLLM2),
+        &bytes[..bytes.len() - 4096 * 1024],
+    )
+    .unwrap();
+    let site = export(&model(SMOLLM2), &format!("/cut/{SMOLLM2}"));
+    let report = drive(
+        "/?run=1&cache=0",
+        &[
+            "--static",
+            &format!("/={}", site.path().display()),
+            "--static",
+            &format!("/cut/={}", dir.path().display()),
+        ],
+    );
+    let error = report["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(error.starts_with(SMOLLM2), "{error}");
+    assert!(
+        error.contains("truncated") || error.contains("416"),
+        "{error}"
+    );
+}
+
+#[test]
+fn without_cross_origin_isolation_the_page_says_which_headers_it_needs() {
+    let site = export(&model(SMOLLM2), SMOLLM2);
+    let report = drive(
+        "/?run=1",
+        &[
+            "--static",
+            &format!("/={}", site.path().display()),
+            "--no-isolation",
+        ],
+    );
+    let error = report["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(error.contains("not cross-origin isolated"), "{error}");
+    assert!(error.contains("COOP and COEP"), "{error}");
+    assert_eq!(report["shown_error"], error);
 }
