@@ -233,7 +233,7 @@ async function start(source, sourceName) {
   showShards(plan, guest.shards);
   progress.hidden = true;
   const where = cacheStats?.from_cache ? `, ${shardload.human(cacheStats.from_cache)} from the browser's cache` : '';
-  $('status').textContent = `ready in ${(readyMs / 1e3).toFixed(1)} s: ${shardload.human(guest.copied)} in ${plan.shards.length} memories${where}, ${threads} worker${threads === 1 ? '' : 's'}, ${guest.dot === 'relaxed' ? 'relaxed SIMD' : 'plain SIMD128'}`;
+  $('status').textContent = `ready in ${(readyMs / 1e3).toFixed(1)} s: ${shardload.human(guest.copied)} in ${plan.shards.length} ${plan.shards.length === 1 ? 'memory' : 'memories'}${where}, ${threads} worker${threads === 1 ? '' : 's'}, ${guest.dot === 'relaxed' ? 'relaxed SIMD' : 'plain SIMD128'}`;
   $('verify').disabled = false;
   $('chat').hidden = false;
   showStats();
@@ -486,11 +486,11 @@ async function main() {
   report.tensors = plan.tensors.length;
   report.shards = plan.shards.map((s) => ({ index: s.index, bytes: s.bytes, pages: s.pages, tensors: s.tensors.length }));
   const size = manifest.model.files.reduce((sum, f) => sum + f.size, 0);
-  $('model').textContent = `${manifest.model.name}: ${plan.tensors.length} tensors, ${shardload.human(size)}, planned into ${plan.shards.length} memory64 memories; context ${manifest.program.ctx} tokens.`;
+  $('model').textContent = `${manifest.model.name}: ${plan.tensors.length} tensors, ${shardload.human(size)}, planned into ${plan.shards.length} memory64 ${plan.shards.length === 1 ? 'memory' : 'memories'}; context ${manifest.program.ctx} tokens.`;
   const workers = Math.min(manifest.program.max_workers, navigator.hardwareConcurrency || 1);
   $('workers').max = manifest.program.max_workers;
   $('workers').value = params.has('workers') ? wholeNumber(params.get('workers'), 'workers', 1) : workers;
-  $('temperature').placeholder = String(manifest.sampler.temperature);
+  $('temperature').placeholder = String(Number(manifest.sampler.temperature.toPrecision(6)));
   $('seed').placeholder = String(manifest.sampler.seed);
   showShards(plan);
   await showCache();

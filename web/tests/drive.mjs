@@ -15,8 +15,8 @@
 // the report gets `static_bytes` (bytes served per route). --no-isolation
 // makes that server leave out the COOP and COEP headers.
 
-import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
+import { launchOptions, procStatus, processMemory } from './chromium.mjs';
 
 const args = process.argv.slice(2);
 const url = args.shift();
@@ -47,20 +47,8 @@ if (!url) throw new Error('usage: drive.mjs URL [--pick FILE]... [--js-flags FLA
 async function chromiumMemory(browser) {
   const cdp = await browser.newBrowserCDPSession();
   const { processInfo } = await cdp.send('SystemInfo.getProcessInfo');
-  const status = (pid, key) => {
-    try {
-      const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith(`${key}:`));
-      return line ? Number(line.split(/\s+/)[1]) * 1024 : 0;
-    } catch { return 0; }
-  };
-  const processes = processInfo.map((p) => ({ type: p.type, pid: p.id, rss: status(p.id, 'VmRSS'), peak_rss: status(p.id, 'VmHWM') }));
-  const renderers = processes.filter((p) => p.type === 'renderer');
-  return {
-    browser_rss: processes.reduce((sum, p) => sum + p.rss, 0),
-    renderer_rss: Math.max(0, ...renderers.map((p) => p.rss)),
-    renderer_peak_rss: Math.max(0, ...renderers.map((p) => p.peak_rss)),
-    processes,
-  };
+  const processes = processInfo.map((p) => ({ type: p.type, pid: p.id, rss: procStatus(p.id, 'VmRSS'), peak_rss: procStatus(p.id, 'VmHWM') }));
+  return { ...processMemory(processInfo), processes };
 }
 
 let server = null;
@@ -72,15 +60,7 @@ if (Object.keys(statics).length) {
 }
 
 // Playwright gives Chromium a new, empty profile of its own, or keeps --profile's.
-const options = {
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ...(jsFlags ? [`--js-flags=${jsFlags}`] : []),
-  ],
-};
+const options = launchOptions(jsFlags);
 const context = profile ? await chromium.launchPersistentContext(profile, options) : null;
 const browser = context ? context.browser() : await chromium.launch(options);
 let exitCode = 0;

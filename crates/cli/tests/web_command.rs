@@ -25,10 +25,15 @@ struct WebServer {
 
 impl WebServer {
     fn start(args: &[&str]) -> WebServer {
+        WebServer::on_port(args, 0)
+    }
+
+    /// On `port`: the same port again is the same origin, so the same browser storage.
+    fn on_port(args: &[&str], port: u16) -> WebServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardload"))
             .arg("web")
             .args(args)
-            .args(["--port", "0"])
+            .args(["--port", &port.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -92,13 +97,11 @@ fn drive(url: &str, extra: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// `shardload run --sweep --json`: the same guest, natively, over mapped shards.
-fn native_run(model: &Path, extra: &[&str]) -> Value {
+/// A `shardload` command's `--json` output (it must succeed).
+fn shardload_json(args: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_shardload"))
-        .arg("run")
-        .arg(model)
-        .args(["--shards", "4", "--sweep", "--json"])
-        .args(extra)
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     assert!(
@@ -107,6 +110,12 @@ fn native_run(model: &Path, extra: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `shardload run --sweep --json`: the same guest, natively, over mapped shards.
+fn native_run(model: &Path, extra: &[&str]) -> Value {
+    let model = model.to_str().unwrap();
+    shardload_json(&[&["run", model, "--shards", "4", "--sweep"], extra].concat())
 }
 
 /// An f32 as JSON carried it (serde's shortest f32, or JS's shortest f64 of
@@ -498,19 +507,8 @@ fn a_port_in_use_is_an_error_that_says_what_to_do() {
 
 /// `shardload generate --json` natively (wasmtime), the reference the tab must equal.
 fn native_generate(model: &Path, args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_shardload"))
-        .arg("generate")
-        .arg(model)
-        .args(["--json", "--threads", "2"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let model = model.to_str().unwrap();
+    shardload_json(&[&["generate", model, "--threads", "2"], args].concat())
 }
 
 /// A URL query value, percent-encoded.
@@ -662,37 +660,12 @@ fn every_vocabulary_tokenizes_in_chromium_exactly_as_llama_cpp_does() {
     assert!(result["cases"].as_u64().unwrap() >= 59 * vocabularies.len() as u64);
 }
 
-/// A `shardload web` of `path` on `port` (0: any), with its URL.
-fn serve_on(path: &Path, port: u16) -> WebServer {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardload"))
-        .arg("web")
-        .arg(path)
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_string();
-    WebServer {
-        child,
-        url,
-        _stdout: stdout,
-    }
-}
-
 #[test]
 fn a_reload_copies_the_model_from_the_browsers_cache_and_fetches_none_of_it() {
     let path = model(SMOLLM2);
     let profile = tempfile::tempdir().unwrap();
     let profile = profile.path().to_str().unwrap();
-    let server = serve_on(&path, 0);
+    let server = WebServer::start(&[path.to_str().unwrap()]);
     let page = format!("{}?run=1&tokens=19556,905&n=8&temp=0", server.url);
     let first = drive(&page, &["--profile", profile]);
     let second = drive(&page, &["--profile", profile]);
@@ -715,7 +688,7 @@ fn a_changed_model_file_is_not_taken_from_the_cache() {
     std::fs::copy(model(SMOLLM2), &path).unwrap();
     let profile = tempfile::tempdir().unwrap();
     let profile = profile.path().to_str().unwrap();
-    let server = serve_on(&path, 0);
+    let server = WebServer::start(&[path.to_str().unwrap()]);
     let port = server.port();
     let first = drive(&format!("{}?run=1", server.url), &["--profile", profile]);
     assert_eq!(first["error"], Value::Null, "{first:#}");
@@ -729,7 +702,7 @@ fn a_changed_model_file_is_not_taken_from_the_cache() {
     bytes[data_offset as usize + 7] ^= 0x55;
     std::fs::write(&path, &bytes).unwrap();
     // The same origin (port), so the same browser storage.
-    let server = serve_on(&path, port);
+    let server = WebServer::on_port(&[path.to_str().unwrap()], port);
     let second = drive(
         &format!("{}?run=1&verify=1&sweep=0", server.url),
         &["--profile", profile],
@@ -748,7 +721,7 @@ fn a_storage_quota_refused_is_said_in_words_and_the_model_still_runs() {
         &path,
         &["--prompt-tokens", "19556,905", "-n", "8", "--temp", "0"],
     );
-    let server = serve_on(&path, 0);
+    let server = WebServer::start(&[path.to_str().unwrap()]);
     let report = drive(
         &format!("{}?run=1&tokens=19556,905&n=8&temp=0", server.url),
         &["--quota", "1000000"],
