@@ -366,3 +366,66 @@ fn real_shard_edges(name: &str) {
         }
     }
 }
+
+/// Nine rows of random blocks of every quantized kernel type: the guest's
+/// matvec over all of them and over an unaligned run (rows 2..8) equals the
+/// native one bit for bit, so the kernel that dots four rows at once and the
+/// one-row kernel it leaves the remainder to both compute the scalar
+/// algorithm's sums (NaN where random f16 scales make one, in both).
+#[test]
+fn guest_matvec_over_many_rows_four_at_a_time_is_native_bit_for_bit_for_every_type() {
+    const ROWS: u64 = 9;
+    const ROW_LEN: u64 = 512;
+    let types: Vec<GgmlType> = shardload_gguf::KERNEL_TYPES
+        .iter()
+        .copied()
+        .filter(|t| !t.is_float())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.gguf");
+    let mut writer = shardload_gguf::GgufWriter::new();
+    for ty in &types {
+        writer.tensor(&format!("t.{}", ty.name()), *ty, &[ROW_LEN, ROWS]);
+    }
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut fill = |_: usize, _: u64, buf: &mut [u8]| {
+        for b in buf.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+    };
+    writer.write(&path, Some(&mut fill)).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let opened = OpenModel::open(&path).unwrap();
+    let x = test_vector(ROW_LEN as usize);
+    let same = |a: &[f32], b: &[f32]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(p, q)| p.to_bits() == q.to_bits() || p.is_nan() && q.is_nan())
+    };
+    for shards in [1, 3] {
+        let plan = opened
+            .plan(&PlanOptions {
+                shards: Some(shards),
+                ..PlanOptions::default()
+            })
+            .unwrap();
+        for (dot, mut guest) in both_guests(&plan) {
+            for (index, ty) in types.iter().enumerate() {
+                let name = format!("t.{}", ty.name());
+                let all = guest.matvec(index, 0, ROWS, &x).unwrap();
+                let native = native_matvec(&file, &name, 0, ROWS, &x);
+                assert!(
+                    same(&all, &native),
+                    "{name}, {dot:?}: {all:?} != {native:?}"
+                );
+                assert!(all.iter().any(|v| v.is_finite()), "{name}: no finite row");
+                let run = guest.matvec(index, 2, 6, &x).unwrap();
+                assert!(same(&run, &native[2..8]), "{name}, {dot:?}, rows 2..8");
+            }
+        }
+    }
+}

@@ -148,6 +148,268 @@ fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String 
     code
 }
 
+/// Rows the single-input kernel (`$mvr_...`) dots with one input at once:
+/// each x load and its metadata serve four rows, the four rows' i32 dot
+/// vectors are summed across lanes together (one transpose, not four
+/// horizontal sums), and the float update runs with one row per lane.
+const ROWS_AT_ONCE: u32 = 4;
+
+/// The locals a block's unpacking and a group's dots use for one row: in
+/// the row-blocked kernel each row has its own (`$w1` of row 2 is `$w1_r2`).
+const ROW_LOCALS: &[&str] = &[
+    "p", "d", "dmin", "half", "bits", "sa", "sb", "w1", "w2", "w3", "w4", "h1", "h2", "qh", "wl",
+    "wh", "t", "u", "s",
+];
+
+/// `code` with the per-row locals ([`ROW_LOCALS`]) renamed for row `r`.
+fn for_row(code: &str, r: u32) -> String {
+    let mut out = String::with_capacity(code.len() + code.len() / 8);
+    let mut rest = code;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let name = &rest[..end];
+        out.push_str(name);
+        if ROW_LOCALS.contains(&name) {
+            let _ = write!(out, "_r{r}");
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Statements that leave in `$v0` the lane sums of the i32x4 locals
+/// `$v0..$v3` (lane i: the sum of `$vi`'s lanes): 64-bit halves paired, then
+/// lanes; six shuffles and three adds for four sums, where four horizontal
+/// sums take eight and eight.
+const TRANSPOSED_SUMS: &str = "
+        (local.set $v0 (i32x4.add (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $v0) (local.get $v1))
+                                   (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $v0) (local.get $v1))))
+        (local.set $v2 (i32x4.add (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $v2) (local.get $v3))
+                                   (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $v2) (local.get $v3))))
+        (local.set $v0 (i32x4.add (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $v0) (local.get $v2))
+                                   (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $v0) (local.get $v2))))";
+
+/// An f32x4 (or i32x4, `shape`) with lane r the value of `lane(r)`.
+fn lanes(shape: &str, lane: impl Fn(u32) -> String) -> String {
+    (1..ROWS_AT_ONCE).fold(format!("({shape}.splat {})", lane(0)), |v, r| {
+        format!("({shape}.replace_lane {r} {v} {})", lane(r))
+    })
+}
+
+/// The statements for group `g` of four rows against one input (x quants at
+/// `$q0 + 32 g`, meta at `$g0 + 16 g`): each row's weights unpacked as in
+/// [`group_code`], their dots, and `$acc` (lane r: row r's sum) updated with
+/// exactly the scalar kernel's f32 operations, lane by lane, so the sums are
+/// bit-identical to it.
+fn row_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
+    let gr = quants::group(ty, m, g);
+    let (qa, qb) = (32 * g, 32 * g + 16);
+    let mut code = String::new();
+    for r in 0..ROWS_AT_ONCE {
+        let mut unpack = format!(
+            "\n        {} (local.set $wl {}) (local.set $wh {})",
+            gr.setup, gr.lo, gr.hi
+        );
+        if let Scale::Halves { sa, sb, .. } = &gr.scale {
+            let _ = write!(unpack, " (local.set $sa {sa}) (local.set $sb {sb})");
+        }
+        code += &for_row(&unpack, r);
+    }
+    for r in 0..ROWS_AT_ONCE {
+        let dot_a = dot16("(local.get $wl)", qa, 0, gr.unsigned, dot);
+        let dot_b = dot16("(local.get $wh)", qb, 0, gr.unsigned, dot);
+        let dots = match &gr.scale {
+            Scale::Whole(_) => format!("(i32x4.add {dot_a} {dot_b})"),
+            Scale::Halves { .. } => format!(
+                "(i32x4.add (i32x4.mul {dot_a} (i32x4.splat (local.get $sa))) (i32x4.mul {dot_b} (i32x4.splat (local.get $sb))))"
+            ),
+        };
+        let _ = write!(code, "\n        (local.set $v{r} {})", for_row(&dots, r));
+    }
+    code += TRANSPOSED_SUMS;
+    let offset = gr.offset;
+    let isum = match &gr.scale {
+        _ if offset == 0 => "(local.get $v0)".to_string(),
+        Scale::Whole(_) => format!(
+            "(i32x4.sub (local.get $v0) (i32x4.splat (i32.mul (i32.const {offset}) {})))",
+            x_sum(g, 0, None)
+        ),
+        Scale::Halves { .. } => format!(
+            "(i32x4.sub (local.get $v0) (i32x4.mul (i32x4.splat (i32.const {offset})) (i32x4.add
+               (i32x4.mul {} (i32x4.splat {})) (i32x4.mul {} (i32x4.splat {})))))",
+            lanes("i32x4", |r| for_row("(local.get $sa)", r)),
+            x_sum(g, 0, Some(0)),
+            lanes("i32x4", |r| for_row("(local.get $sb)", r)),
+            x_sum(g, 0, Some(1))
+        ),
+    };
+    let a = match &gr.scale {
+        Scale::Whole(a) | Scale::Halves { a, .. } => a,
+    };
+    let dx = format!(
+        "(f32x4.splat (f32.load $m0 offset={} (local.get $g0)))",
+        META_BYTES * g
+    );
+    let _ = write!(
+        code,
+        "\n        (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (f32x4.mul {} {dx}) (f32x4.convert_i32x4_s {isum}))))",
+        lanes("f32x4", |r| for_row(a, r))
+    );
+    let min = gr.min.as_ref().map(|min| match min {
+        Min::Whole(b) => (b, format!("(i32x4.splat {})", x_sum(g, 0, None))),
+        Min::Halves { b, ma, mb } => (
+            b,
+            format!(
+                "(i32x4.add (i32x4.mul {} (i32x4.splat {})) (i32x4.mul {} (i32x4.splat {})))",
+                lanes("i32x4", |r| for_row(ma, r)),
+                x_sum(g, 0, Some(0)),
+                lanes("i32x4", |r| for_row(mb, r)),
+                x_sum(g, 0, Some(1))
+            ),
+        ),
+    });
+    if let Some((b, jsum)) = min {
+        let _ = write!(
+            code,
+            "\n        (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (f32x4.mul {} {dx}) (f32x4.convert_i32x4_s {jsum}))))",
+            lanes("f32x4", |r| for_row(b, r))
+        );
+    }
+    code
+}
+
+/// The statements for group `g` of one row against [`INPUTS_AT_ONCE`]
+/// inputs: the weights unpacked once, dotted with each input (x quants at
+/// `$q{k} + 32 g`, meta at `$g{k} + 16 g`), the four dot vectors summed
+/// across lanes together, and `$acc` (lane k: input k's sum) updated with the
+/// scalar kernel's f32 operations lane by lane, so the sums are bit-identical.
+fn inputs_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
+    let gr = quants::group(ty, m, g);
+    let (qa, qb) = (32 * g, 32 * g + 16);
+    let mut code = format!(
+        "\n        {} (local.set $wl {}) (local.set $wh {})",
+        gr.setup, gr.lo, gr.hi
+    );
+    if let Scale::Halves { sa, sb, .. } = &gr.scale {
+        let _ = write!(code, " (local.set $sa {sa}) (local.set $sb {sb})");
+    }
+    for k in 0..INPUTS_AT_ONCE {
+        let dot_a = dot16("(local.get $wl)", qa, k, gr.unsigned, dot);
+        let dot_b = dot16("(local.get $wh)", qb, k, gr.unsigned, dot);
+        let dots = match &gr.scale {
+            Scale::Whole(_) => format!("(i32x4.add {dot_a} {dot_b})"),
+            Scale::Halves { .. } => format!(
+                "(i32x4.add (i32x4.mul {dot_a} (i32x4.splat (local.get $sa))) (i32x4.mul {dot_b} (i32x4.splat (local.get $sb))))"
+            ),
+        };
+        let _ = write!(code, "\n        (local.set $v{k} {dots})");
+    }
+    code += TRANSPOSED_SUMS;
+    let x_sums = |half| lanes("i32x4", |k| x_sum(g, k, half));
+    let offset = gr.offset;
+    let isum = match &gr.scale {
+        _ if offset == 0 => "(local.get $v0)".to_string(),
+        Scale::Whole(_) => format!(
+            "(i32x4.sub (local.get $v0) (i32x4.mul (i32x4.splat (i32.const {offset})) {}))",
+            x_sums(None)
+        ),
+        Scale::Halves { .. } => format!(
+            "(i32x4.sub (local.get $v0) (i32x4.mul (i32x4.splat (i32.const {offset})) (i32x4.add
+               (i32x4.mul (i32x4.splat (local.get $sa)) {}) (i32x4.mul (i32x4.splat (local.get $sb)) {}))))",
+            x_sums(Some(0)),
+            x_sums(Some(1))
+        ),
+    };
+    let a = match &gr.scale {
+        Scale::Whole(a) | Scale::Halves { a, .. } => a,
+    };
+    let dx = lanes("f32x4", |k| {
+        format!("(f32.load $m0 offset={} (local.get $g{k}))", META_BYTES * g)
+    });
+    let _ = write!(
+        code,
+        "\n        (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (f32x4.mul (f32x4.splat {a}) {dx}) (f32x4.convert_i32x4_s {isum}))))"
+    );
+    let min = gr.min.as_ref().map(|min| match min {
+        Min::Whole(b) => (b, x_sums(None)),
+        Min::Halves { b, ma, mb } => (
+            b,
+            format!(
+                "(i32x4.add (i32x4.mul (i32x4.splat {ma}) {}) (i32x4.mul (i32x4.splat {mb}) {}))",
+                x_sums(Some(0)),
+                x_sums(Some(1))
+            ),
+        ),
+    });
+    if let Some((b, jsum)) = min {
+        let _ = write!(
+            code,
+            "\n        (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (f32x4.mul (f32x4.splat {b}) {dx}) (f32x4.convert_i32x4_s {jsum}))))"
+        );
+    }
+    code
+}
+
+/// `$mvr_{ty}_{shard}`: `$mv_{ty}_{shard}`'s rows and signature (one input),
+/// four rows at a time while four are left, the rest by `$mv_`.
+fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) -> String {
+    let m = shard + 1;
+    let groups = (block / 32) as u32;
+    let rows = |f: &dyn Fn(u32) -> String| (0..ROWS_AT_ONCE).map(f).collect::<Vec<_>>().join(" ");
+    let body: String = rows(&|r| for_row(&quants::block_scales(ty, m), r))
+        + &(0..groups)
+            .map(|g| row_block_group_code(ty, m, g, dot))
+            .collect::<String>();
+    let locals = rows(&|r| {
+        for_row(
+            "(local $p i64) (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32)
+    (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128)
+    (local $t v128) (local $u v128) (local $s v128) (local $wl v128) (local $wh v128)",
+            r,
+        )
+    });
+    format!(
+        r#"
+  (func $mvr_{ty}_{shard} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q_start i32) (param $g_start i32) (param $y i32) (param $q_stride i32) (param $g_stride i32) (param $y_stride i32)
+    (local $b i32) (local $q0 i32) (local $g0 i32) (local $acc v128) (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
+    {locals}
+    (block $done
+      (loop $each_rows
+        (br_if $done (i64.lt_u (local.get $rows) (i64.const {ROWS_AT_ONCE})))
+        {starts}
+        (local.set $acc (v128.const i64x2 0 0))
+        (local.set $q0 (local.get $q_start)) (local.set $g0 (local.get $g_start))
+        (local.set $b (local.get $blocks))
+        (block $no_blocks
+          (br_if $no_blocks (i32.eqz (local.get $b)))
+          (loop $each_block{body}
+            {advance}
+            (local.set $q0 (i32.add (local.get $q0) (i32.const {q_step}))) (local.set $g0 (i32.add (local.get $g0) (i32.const {g_step})))
+            (br_if $each_block (local.tee $b (i32.sub (local.get $b) (i32.const 1))))))
+        (v128.store $m0 (local.get $y) (local.get $acc))
+        (local.set $y (i32.add (local.get $y) (i32.const {y_step})))
+        (local.set $p (i64.add (local.get $p) (i64.mul (local.get $row_bytes) (i64.const {ROWS_AT_ONCE}))))
+        (local.set $rows (i64.sub (local.get $rows) (i64.const {ROWS_AT_ONCE})))
+        (br $each_rows)))
+    (call $mv_{ty}_{shard} (local.get $p) (local.get $rows) (local.get $row_bytes) (local.get $blocks) (local.get $q_start)
+      (local.get $g_start) (local.get $y) (local.get $q_stride) (local.get $g_stride) (local.get $y_stride)))"#,
+        starts = rows(&|r| format!(
+            "(local.set $p_r{r} (i64.add (local.get $p) (i64.mul (local.get $row_bytes) (i64.const {r}))))"
+        )),
+        advance = rows(&|r| format!(
+            "(local.set $p_r{r} (i64.add (local.get $p_r{r}) (i64.const {size})))"
+        )),
+        q_step = 32 * groups,
+        g_step = META_BYTES * groups,
+        y_step = 4 * ROWS_AT_ONCE,
+    )
+}
+
 /// How many inputs a batched `matmul` dots with each unpacked block at once
 /// (`$mvN_...`); single inputs and the rest of a batch use `$mv_...`.
 const INPUTS_AT_ONCE: u32 = 4;
@@ -159,11 +421,38 @@ const INPUTS_AT_ONCE: u32 = 4;
 fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct, inputs: u32) -> String {
     let m = shard + 1;
     let groups = (block / 32) as u32;
+    let blocked = inputs == INPUTS_AT_ONCE;
     let body: String = quants::block_scales(ty, m)
         + &(0..groups)
-            .map(|g| group_code(ty, m, g, dot, inputs))
+            .map(|g| {
+                if blocked {
+                    inputs_block_group_code(ty, m, g, dot)
+                } else {
+                    group_code(ty, m, g, dot, inputs)
+                }
+            })
             .collect::<String>();
     let each = |f: &dyn Fn(u32) -> String| (0..inputs).map(f).collect::<Vec<_>>().join(" ");
+    // One input: a scalar sum; four: lane k of `$acc` is input k's.
+    let (zero, store) = if blocked {
+        (
+            "(local.set $acc (v128.const i64x2 0 0))".to_string(),
+            each(&|k| {
+                format!(
+                    "(f32.store $m0 (i32.add (local.get $y) (i32.mul (local.get $y_stride) (i32.const {k}))) (f32x4.extract_lane {k} (local.get $acc)))"
+                )
+            }),
+        )
+    } else {
+        (
+            each(&|k| format!("(local.set $sum{k} (f32.const 0))")),
+            each(&|k| {
+                format!(
+                    "(f32.store $m0 (i32.add (local.get $y) (i32.mul (local.get $y_stride) (i32.const {k}))) (local.get $sum{k}))"
+                )
+            }),
+        )
+    };
     let name = if inputs == 1 {
         format!("mv_{ty}_{shard}")
     } else {
@@ -175,6 +464,7 @@ fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct, inputs
     (local $row i64) (local $b i32) {locals} (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32)
     (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128)
     (local $t v128) (local $u v128) (local $s v128) (local $wl v128) (local $wh v128)
+    (local $acc v128) (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
     (block $done
       (loop $each_row
         (br_if $done (i64.eqz (local.get $rows)))
@@ -193,7 +483,6 @@ fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct, inputs
         (local.set $rows (i64.sub (local.get $rows) (i64.const 1)))
         (br $each_row))))"#,
         locals = each(&|k| format!("(local $q{k} i32) (local $g{k} i32) (local $sum{k} f32)")),
-        zero = each(&|k| format!("(local.set $sum{k} (f32.const 0))")),
         start = each(&|k| format!(
             "(local.set $q{k} (i32.add (local.get $q_start) (i32.mul (local.get $q_stride) (i32.const {k})))) \
              (local.set $g{k} (i32.add (local.get $g_start) (i32.mul (local.get $g_stride) (i32.const {k}))))"
@@ -202,9 +491,6 @@ fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct, inputs
             "(local.set $q{k} (i32.add (local.get $q{k}) (i32.const {q_step}))) (local.set $g{k} (i32.add (local.get $g{k}) (i32.const {g_step})))",
             q_step = 32 * groups,
             g_step = META_BYTES * groups,
-        )),
-        store = each(&|k| format!(
-            "(f32.store $m0 (i32.add (local.get $y) (i32.mul (local.get $y_stride) (i32.const {k}))) (local.get $sum{k}))"
         )),
     )
 }
@@ -225,7 +511,7 @@ pub fn matvec_functions(shards: u32, types: &[GgmlType], dot: DotProduct) -> Str
         } else {
             format!(
                 "(call $quantize_x (local.get $x) (i32.wrap_i64 (local.get $row_len)) (local.get $tmp) (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))))
-      (return (call $mv_{name} (local.get $shard) (local.get $src) (local.get $rows) (local.get $row_bytes)
+      (return (call $mvr_{name} (local.get $shard) (local.get $src) (local.get $rows) (local.get $row_bytes)
         (i32.wrap_i64 (i64.div_u (local.get $row_len) (i64.const {block}))) (local.get $tmp)
         (i32.add (local.get $tmp) (i32.wrap_i64 (local.get $row_len))) (local.get $y) (i32.const 0) (i32.const 0) (i32.const 0)))"
             )
@@ -281,7 +567,7 @@ pub fn matvec_functions(shards: u32, types: &[GgmlType], dot: DotProduct) -> Str
           (block $inputs_done
             (loop $each_input
               (br_if $inputs_done (i32.ge_u (local.get $b) (local.get $batch)))
-              (call $mv_{name} (local.get $shard) (i64.add (local.get $src) (i64.mul (local.get $r0) (local.get $row_bytes)))
+              (call $mvr_{name} (local.get $shard) (i64.add (local.get $src) (i64.mul (local.get $r0) (local.get $row_bytes)))
                 (local.get $count) (local.get $row_bytes) (i32.wrap_i64 (i64.div_u (local.get $row_len) (i64.const {block})))
                 (i32.add (local.get $tmp) (i32.mul (local.get $b) (local.get $n)))
                 (i32.add (local.get $metas) (i32.mul (local.get $b) (i32.shr_u (local.get $n) (i32.const 1))))
@@ -318,6 +604,11 @@ pub fn matvec_functions(shards: u32, types: &[GgmlType], dot: DotProduct) -> Str
             for k in 0..shards {
                 wat += &row_loop(name, block, size, k, dot, inputs);
             }
+        }
+        let target = format!("mvr_{name}");
+        wat += &crate::shard_dispatch(&format!("${target}"), &target, &params, None, shards);
+        for k in 0..shards {
+            wat += &row_block_loop(name, block, size, k, dot);
         }
     }
     wat

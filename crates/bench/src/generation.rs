@@ -15,19 +15,43 @@ use shardload_runtime::{Session, SessionOptions};
 use shardload_store::{LoadMode, OpenModel, WeightStore};
 
 /// Tokens/s of one configuration: a 512-token prompt from an empty cache,
-/// and 128 tokens generated one at a time from an empty cache (what
-/// llama-bench's `pp512` and `tg128` measure).
+/// and 128 tokens generated one at a time from an empty cache and after a
+/// 512-token prompt (what llama-bench's `pp512`, `tg128` and `tg128 @ d512`
+/// measure): generation compared at equal depth, since attention's share
+/// grows with it.
 #[derive(Clone, Debug)]
 pub struct Speed {
     /// Threads used.
     pub threads: usize,
     /// Prompt processing, tokens/s.
     pub prompt: f64,
-    /// Generation, tokens/s.
+    /// Generation from an empty cache, tokens/s.
     pub generate: f64,
+    /// Generation after [`DEPTH`] tokens, tokens/s.
+    pub generate_deep: f64,
     /// Aggregate generation tokens/s with several sequences decoded together
     /// (one token each per step): `(sequences, tokens/s)`.
     pub batched: Vec<(usize, f64)>,
+}
+
+/// The depth of [`Speed::generate_deep`], llama-bench's `-d 512`.
+pub const DEPTH: usize = 512;
+
+impl Speed {
+    /// The better of two measurements of one configuration, figure by figure.
+    pub fn best(self, other: &Speed) -> Speed {
+        Speed {
+            threads: self.threads,
+            prompt: self.prompt.max(other.prompt),
+            generate: self.generate.max(other.generate),
+            generate_deep: self.generate_deep.max(other.generate_deep),
+            batched: if self.batched.is_empty() {
+                other.batched.clone()
+            } else {
+                self.batched
+            },
+        }
+    }
 }
 
 /// Sequence counts of [`Speed::batched`].
@@ -42,12 +66,14 @@ fn tokens(n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
 }
 
-/// Measures [`Speed`] for each thread count, best of `repeats` runs.
+/// Measures [`Speed`] for each thread count, best of `repeats` runs; the
+/// batched decode only with `batched` (it takes as long again).
 pub fn guest_speed(
     path: &Path,
     shards: u32,
     threads: &[usize],
     repeats: usize,
+    batched: bool,
 ) -> Result<Vec<Speed>> {
     let model = OpenModel::open(path)?;
     let plan = model.plan(&PlanOptions {
@@ -57,30 +83,39 @@ pub fn guest_speed(
     let store = WeightStore::new(plan, LoadMode::Mmap)?;
     let mut out = Vec::new();
     for &t in threads {
-        let mut session = Session::new(&store, model.gguf.metadata(), 1024, t)?;
-        let prompt = tokens(512, session.hyperparameters().vocab);
-        let (mut best_pp, mut best_tg) = (0f64, 0f64);
-        for _ in 0..repeats.max(1) {
-            session.truncate(0);
-            let started = Instant::now();
-            session.eval(&prompt)?;
-            best_pp = best_pp.max(512.0 / started.elapsed().as_secs_f64());
-            session.truncate(0);
+        let mut session = Session::new(&store, model.gguf.metadata(), DEPTH + 128, t)?;
+        let prompt = tokens(DEPTH, session.hyperparameters().vocab);
+        let (mut best_pp, mut best_tg, mut best_deep) = (0f64, 0f64, 0f64);
+        let generate = |session: &mut Session| -> Result<f64> {
             let started = Instant::now();
             for &token in &prompt[..128] {
                 session.eval(&[token])?;
             }
-            best_tg = best_tg.max(128.0 / started.elapsed().as_secs_f64());
+            Ok(128.0 / started.elapsed().as_secs_f64())
+        };
+        for _ in 0..repeats.max(1) {
+            session.truncate(0);
+            let started = Instant::now();
+            session.eval(&prompt)?;
+            best_pp = best_pp.max(DEPTH as f64 / started.elapsed().as_secs_f64());
+            best_deep = best_deep.max(generate(&mut session)?);
+            session.truncate(0);
+            best_tg = best_tg.max(generate(&mut session)?);
         }
         drop(session);
-        let batched = BATCHED_SEQUENCES
-            .iter()
-            .map(|&n| Ok((n, batched_decode(&store, &model, t, n, repeats)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let batched = if batched {
+            BATCHED_SEQUENCES
+                .iter()
+                .map(|&n| Ok((n, batched_decode(&store, &model, t, n, repeats)?)))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         out.push(Speed {
             threads: t,
             prompt: best_pp,
             generate: best_tg,
+            generate_deep: best_deep,
             batched,
         });
     }
@@ -183,7 +218,7 @@ pub fn barrier_cost(path: &Path, threads: usize, repeats: usize) -> Result<Durat
     Ok(best)
 }
 
-/// llama-bench's `pp512` and `tg128` for each thread count (`-r repeats`).
+/// llama-bench's `pp512`, `tg128` and `tg128 @ d512` for each thread count (`-r repeats`).
 pub fn llama_cpp_speed(
     llama_bench: &Path,
     model: &Path,
@@ -199,6 +234,8 @@ pub fn llama_cpp_speed(
             "512",
             "-n",
             "128",
+            "-d",
+            &format!("0,{DEPTH}"),
             "-r",
             &repeats.max(1).to_string(),
             "-o",
@@ -220,21 +257,28 @@ pub fn llama_cpp_speed(
     threads
         .iter()
         .map(|&t| {
-            let rate = |prompt: bool| {
+            let rate = |prompt: bool, depth: usize| {
                 runs.as_array()
                     .into_iter()
                     .flatten()
                     .find(|r| {
                         r["n_threads"].as_u64() == Some(t as u64)
                             && (r["n_prompt"].as_u64().unwrap_or(0) > 0) == prompt
+                            && r["n_depth"].as_u64().unwrap_or(0) == depth as u64
                     })
                     .and_then(|r| r["avg_ts"].as_f64())
-                    .context("llama-bench printed no such run")
+                    .with_context(|| {
+                        format!(
+                            "llama-bench printed no {} run at depth {depth} with {t} threads",
+                            if prompt { "pp" } else { "tg" }
+                        )
+                    })
             };
             Ok(Speed {
                 threads: t,
-                prompt: rate(true)?,
-                generate: rate(false)?,
+                prompt: rate(true, 0)?,
+                generate: rate(false, 0)?,
+                generate_deep: rate(false, DEPTH)?,
                 batched: Vec::new(),
             })
         })

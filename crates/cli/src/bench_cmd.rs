@@ -70,51 +70,79 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--generate`: the forward pass's speed next to llama-bench's, per thread count.
+/// `--generate`: the forward pass's speed next to llama-bench's, per thread
+/// count, from runs of the two interleaved (one each, three times: this
+/// machine's speed drifts within minutes) and compared best with best.
 fn generation(args: &BenchArgs) -> Result<ExitCode> {
-    use shardload_bench::generation::{Speed, barrier_cost, guest_speed, llama_cpp_speed};
+    use shardload_bench::generation::{DEPTH, Speed, barrier_cost, guest_speed, llama_cpp_speed};
+    const ROUNDS: usize = 3;
     let llama_bench = args
         .llama_bench
         .clone()
         .or_else(|| Some(std::path::PathBuf::from(LLAMA_BENCH)).filter(|p| p.exists()));
+    if llama_bench.is_none() {
+        eprintln!("no llama-bench (run scripts/build-llama-cpp or give --llama-bench): guest only");
+    }
+    let best = |all: Option<Vec<Speed>>, new: Vec<Speed>| match all {
+        None => new,
+        Some(all) => all.into_iter().zip(&new).map(|(a, b)| a.best(b)).collect(),
+    };
     let mut out = Vec::new();
     for model in &args.models {
         check_model_exists(model)?;
-        let guest = guest_speed(model, args.shards, &args.threads, 3)?;
-        let reference: Option<Vec<Speed>> = match &llama_bench {
-            Some(path) => Some(llama_cpp_speed(path, model, &args.threads, 3)?),
-            None => {
-                eprintln!(
-                    "no llama-bench (run scripts/build-llama-cpp or give --llama-bench): guest only"
-                );
-                None
+        let (mut guest, mut reference) = (None, None);
+        for round in 0..ROUNDS {
+            let ours = guest_speed(model, args.shards, &args.threads, 1, round == 0)?;
+            guest = Some(best(guest, ours));
+            if let Some(path) = &llama_bench {
+                let theirs = llama_cpp_speed(path, model, &args.threads, 1)?;
+                reference = Some(best(reference, theirs));
             }
-        };
+        }
+        let guest = guest.unwrap_or_default();
         if !args.json {
             println!(
-                "{}  ({} shards, page cache warm, best of 3)",
+                "{}  ({} shards, page cache warm, best of {ROUNDS} interleaved with llama-bench's; {})",
                 model.display(),
-                args.shards
+                args.shards,
+                cpu_name()
             );
             println!(
-                "{:>7}  {:>10} {:>10} {:>6}  {:>10} {:>10} {:>6}",
-                "threads", "pp512", "llama.cpp", "ratio", "tg128", "llama.cpp", "ratio"
+                "{:>7}  {:>8} {:>9} {:>5}  {:>8} {:>9} {:>5}  {:>9} {:>9} {:>5}",
+                "threads",
+                "pp512",
+                "llama.cpp",
+                "ratio",
+                "tg128",
+                "llama.cpp",
+                "ratio",
+                format!("tg@d{DEPTH}"),
+                "llama.cpp",
+                "ratio"
             );
             for (k, g) in guest.iter().enumerate() {
-                let r = reference.as_ref().map(|r| (r[k].prompt, r[k].generate));
+                let r = reference.as_ref().map(|r: &Vec<Speed>| &r[k]);
                 let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
                 let ratio = |a: f64, b: Option<f64>| {
                     b.map_or("-".to_string(), |b| format!("{:.0}%", 100.0 * a / b))
                 };
+                let (pp, tg, deep) = (
+                    r.map(|r| r.prompt),
+                    r.map(|r| r.generate),
+                    r.map(|r| r.generate_deep),
+                );
                 println!(
-                    "{:>7}  {:>10.1} {:>10} {:>6}  {:>10.1} {:>10} {:>6}",
+                    "{:>7}  {:>8.1} {:>9} {:>5}  {:>8.1} {:>9} {:>5}  {:>9.1} {:>9} {:>5}",
                     g.threads,
                     g.prompt,
-                    cell(r.map(|r| r.0)),
-                    ratio(g.prompt, r.map(|r| r.0)),
+                    cell(pp),
+                    ratio(g.prompt, pp),
                     g.generate,
-                    cell(r.map(|r| r.1)),
-                    ratio(g.generate, r.map(|r| r.1)),
+                    cell(tg),
+                    ratio(g.generate, tg),
+                    g.generate_deep,
+                    cell(deep),
+                    ratio(g.generate_deep, deep),
                 );
             }
             println!(
@@ -140,11 +168,13 @@ fn generation(args: &BenchArgs) -> Result<ExitCode> {
         let speeds = |v: &[Speed]| {
             v.iter()
                 .map(|s| json!({"threads": s.threads, "prompt_tok_per_s": s.prompt, "generate_tok_per_s": s.generate,
+                    "generate_at_depth_tok_per_s": s.generate_deep, "depth": DEPTH,
                     "batched_generate_tok_per_s": s.batched.iter().map(|(n, r)| json!({"sequences": n, "tok_per_s": r})).collect::<Vec<_>>()}))
                 .collect::<Vec<_>>()
         };
         out.push(json!({
             "model": model.display().to_string(),
+            "cpu": cpu_name(),
             "shardload": speeds(&guest),
             "llama_cpp": reference.as_deref().map(speeds),
         }));
@@ -153,4 +183,20 @@ fn generation(args: &BenchArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The CPU's model name (/proc/cpuinfo) and how many this process may use:
+/// a speed means little without them.
+fn cpu_name() -> String {
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    format!("{name}, {cpus} CPUs")
 }
