@@ -6,19 +6,26 @@
 //! `+ (b · dx) · jsum` for types with a min). Float types (F32, F16, BF16)
 //! are dequantized exactly and dotted in f32 with x itself.
 //!
-//! Weight quants are unpacked into i8x16 vectors. Where every quant of a type
-//! is in 0..=127, the 16-lane dot can be relaxed SIMD's
-//! `i32x4.relaxed_dot_i8x16_i7x16_add_s` (one `pmaddubsw` + `pmaddwd` on
-//! x86), which is exact and deterministic for such operands; otherwise (or
-//! when relaxed SIMD is off) it is `i32x4.dot_i16x8_s` over sign-extended
-//! halves. Both give the same integers, so the same y.
+//! Weight quants are unpacked into i8x16 vectors. The 16-lane dot is relaxed
+//! SIMD's `i32x4.relaxed_dot_i8x16_i7x16_add_s` (one `pmaddubsw` + `pmaddwd`
+//! on x86 under wasmtime, one `vpdpbusd` in V8 on AVX-VNNI), which is exact
+//! and deterministic when its second operand is in 0..=127: the quants
+//! themselves where a type's are, else `|w|` against x with w's signs
+//! (Q8_0, IQ4). Without relaxed SIMD it is `i32x4.dot_i16x8_s` over
+//! sign-extended halves. All give the same integers, so the same y.
+//!
+//! The kernels' shapes: one input is dotted with four rows per pass (the x
+//! loads shared, the four dot vectors summed across lanes together, one row
+//! per f32 lane); a batch, four inputs per pass over one unpacked row (one
+//! input per lane). Each lane does the scalar algorithm's f32 operations in
+//! its order, so every shape gives the same bits.
 
 use std::fmt::Write;
 
 use shardload_gguf::GgmlType;
 
 use crate::abi;
-use crate::quants::{self, Min, Scale};
+use crate::quants::{self, Min, Quants, Scale};
 
 /// How 16-lane integer dot products are emitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,12 +44,24 @@ const ROW_CHUNK: u32 = 16;
 /// f16-rounded scale (f32), quant sums of elements 0..16 and 16..32, their sum.
 const META_BYTES: u32 = 16;
 
-/// The i32x4 sum of `w · x` over 16 lanes: `w` an i8x16 expression (values in
-/// 0..=127 when `unsigned`), x the 16 quants at `$q{k} + at` (input k).
-fn dot16(w: &str, at: u32, k: u32, unsigned: bool, dot: DotProduct) -> String {
+/// The i32x4 sum of `w · x` over 16 lanes: `w` an i8x16 local (its quants
+/// of range `quants`), x the 16 quants at `$q{k} + at` (input k). With
+/// relaxed SIMD, one `relaxed_dot` (whose second operand must be 0..=127):
+/// of `w` itself, or of `|w|` against x with w's signs; else
+/// `i32x4.dot_i16x8_s` over sign-extended halves.
+fn dot16(w: &str, at: u32, k: u32, quants: Quants, dot: DotProduct) -> String {
     let x = format!("(v128.load $m0 offset={at} (local.get $q{k}))");
-    if unsigned && dot == DotProduct::Relaxed {
-        return format!("(i32x4.relaxed_dot_i8x16_i7x16_add_s {x} {w} (v128.const i64x2 0 0))");
+    if dot == DotProduct::Relaxed {
+        let zero = "(v128.const i64x2 0 0)";
+        return match quants {
+            Quants::Unsigned => format!("(i32x4.relaxed_dot_i8x16_i7x16_add_s {x} {w} {zero})"),
+            // (x ^ m) - m with m = (w < 0): x negated where w is negative.
+            Quants::Signed => format!(
+                "(i32x4.relaxed_dot_i8x16_i7x16_add_s
+                   (i8x16.sub (v128.xor {x} (local.tee $t (i8x16.lt_s {w} {zero}))) (local.get $t))
+                   (i8x16.abs {w}) {zero})"
+            ),
+        };
     }
     format!(
         "(i32x4.add
@@ -91,8 +110,8 @@ fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String 
     }
     for k in 0..inputs {
         let dx = format!("(f32.load $m0 offset={} (local.get $g{k}))", META_BYTES * g);
-        let dot_a = dot16("(local.get $wl)", qa, k, gr.unsigned, dot);
-        let dot_b = dot16("(local.get $wh)", qb, k, gr.unsigned, dot);
+        let dot_a = dot16("(local.get $wl)", qa, k, gr.quants, dot);
+        let dot_b = dot16("(local.get $wh)", qb, k, gr.quants, dot);
         let (a, isum) = match &gr.scale {
             Scale::Whole(a) => {
                 let dots = lanes_sum(&format!("(i32x4.add {dot_a} {dot_b})"));
@@ -221,8 +240,8 @@ fn row_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
         code += &for_row(&unpack, r);
     }
     for r in 0..ROWS_AT_ONCE {
-        let dot_a = dot16("(local.get $wl)", qa, 0, gr.unsigned, dot);
-        let dot_b = dot16("(local.get $wh)", qb, 0, gr.unsigned, dot);
+        let dot_a = dot16("(local.get $wl)", qa, 0, gr.quants, dot);
+        let dot_b = dot16("(local.get $wh)", qb, 0, gr.quants, dot);
         let dots = match &gr.scale {
             Scale::Whole(_) => format!("(i32x4.add {dot_a} {dot_b})"),
             Scale::Halves { .. } => format!(
@@ -255,10 +274,16 @@ fn row_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
         "(f32x4.splat (f32.load $m0 offset={} (local.get $g0)))",
         META_BYTES * g
     );
+    // Each row's scale: the block's d itself (already one row per lane), or built lane by lane.
+    let per_row = |value: &str| match value {
+        quants::D => "(local.get $dv)".to_string(),
+        quants::DMIN => "(local.get $dminv)".to_string(),
+        _ => lanes("f32x4", |r| for_row(value, r)),
+    };
     let _ = write!(
         code,
         "\n        (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (f32x4.mul {} {dx}) (f32x4.convert_i32x4_s {isum}))))",
-        lanes("f32x4", |r| for_row(a, r))
+        per_row(a)
     );
     let min = gr.min.as_ref().map(|min| match min {
         Min::Whole(b) => (b, format!("(i32x4.splat {})", x_sum(g, 0, None))),
@@ -277,7 +302,7 @@ fn row_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
         let _ = write!(
             code,
             "\n        (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (f32x4.mul {} {dx}) (f32x4.convert_i32x4_s {jsum}))))",
-            lanes("f32x4", |r| for_row(b, r))
+            per_row(b)
         );
     }
     code
@@ -299,8 +324,8 @@ fn inputs_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String 
         let _ = write!(code, " (local.set $sa {sa}) (local.set $sb {sb})");
     }
     for k in 0..INPUTS_AT_ONCE {
-        let dot_a = dot16("(local.get $wl)", qa, k, gr.unsigned, dot);
-        let dot_b = dot16("(local.get $wh)", qb, k, gr.unsigned, dot);
+        let dot_a = dot16("(local.get $wl)", qa, k, gr.quants, dot);
+        let dot_b = dot16("(local.get $wh)", qb, k, gr.quants, dot);
         let dots = match &gr.scale {
             Scale::Whole(_) => format!("(i32x4.add {dot_a} {dot_b})"),
             Scale::Halves { .. } => format!(
@@ -361,7 +386,22 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
     let m = shard + 1;
     let groups = (block / 32) as u32;
     let rows = |f: &dyn Fn(u32) -> String| (0..ROWS_AT_ONCE).map(f).collect::<Vec<_>>().join(" ");
-    let body: String = rows(&|r| for_row(&quants::block_scales(ty, m), r))
+    // The four rows' f16 scales converted together, then one lane per row.
+    let (d_at, dmin_at) = quants::scale_offsets(ty);
+    let mut scales = String::new();
+    for (field, vector, at) in [("d", "$dv", Some(d_at)), ("dmin", "$dminv", dmin_at)] {
+        let Some(at) = at else { continue };
+        let halves = lanes("i32x4", |r| format!("(i32.load16_u $m{m} offset={at} (local.get $p_r{r}))"));
+        let _ = write!(
+            scales,
+            "\n        (local.set $hv {halves}) (local.set {vector} {})",
+            quants::f16x4("$hv")
+        );
+        for r in 0..ROWS_AT_ONCE {
+            let _ = write!(scales, " (local.set ${field}_r{r} (f32x4.extract_lane {r} (local.get {vector})))");
+        }
+    }
+    let body: String = scales
         + &(0..groups)
             .map(|g| row_block_group_code(ty, m, g, dot))
             .collect::<String>();
@@ -377,6 +417,7 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
         r#"
   (func $mvr_{ty}_{shard} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q_start i32) (param $g_start i32) (param $y i32) (param $q_stride i32) (param $g_stride i32) (param $y_stride i32)
     (local $b i32) (local $q0 i32) (local $g0 i32) (local $acc v128) (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
+    (local $hv v128) (local $dv v128) (local $dminv v128)
     {locals}
     (block $done
       (loop $each_rows

@@ -72,14 +72,27 @@ pub(crate) struct Group {
     /// i8x16 quants of elements 0..16 and 16..32.
     pub lo: String,
     pub hi: String,
-    /// Whether every quant is in 0..=127 (relaxed SIMD's i7 operand).
-    pub unsigned: bool,
+    /// The range of the quants, which picks the dot product's form.
+    pub quants: Quants,
     /// Subtracted from each quant (in integers) before scaling.
     pub offset: i32,
     /// `A_h`.
     pub scale: Scale,
     /// `B_h`, for types with a min.
     pub min: Option<Min>,
+}
+
+/// What a group's i8 quants can hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quants {
+    /// 0..=127: relaxed SIMD's i7 operand as they are.
+    Unsigned,
+    /// -127..=127 in any file a quantizer wrote (Q8_0's `round(x / d)` with
+    /// `d = max|x| / 127`; IQ4's level table): the dot is `|w| · (x with w's
+    /// sign)`, whose unsigned operand is 0..=127. A hostile file's -128 is
+    /// 128 there, which x86's unsigned-times-signed dots (`pmaddubsw`,
+    /// `vpdpbusd`) still multiply exactly, without saturating.
+    Signed,
 }
 
 /// A group's multiplier: one f32 for all 32 elements, or `a · s_h` with an
@@ -109,16 +122,21 @@ pub(crate) fn splat8(byte: u8) -> String {
 pub(crate) const D: &str = "(local.get $d)";
 pub(crate) const DMIN: &str = "(local.get $dmin)";
 
-/// Statements that set `$d` (and `$dmin`) from a block of `ty` at `$p`
-/// (using i32 locals `$half` and `$bits`).
-pub(crate) fn block_scales(ty: &str, m: u32) -> String {
-    let (d, dmin) = match ty {
+/// Where a block of `ty` keeps its f16 scale `d` (and `dmin`), in bytes.
+pub(crate) fn scale_offsets(ty: &str) -> (u32, Option<u32>) {
+    match ty {
         "Q6_K" => (208, None),
         "Q2_K" => (80, Some(82)),
         "Q3_K" => (108, None),
         "Q4_1" | "Q5_1" | "Q4_K" | "Q5_K" => (0, Some(2)),
         _ => (0, None),
-    };
+    }
+}
+
+/// Statements that set `$d` (and `$dmin`) from a block of `ty` at `$p`
+/// (using i32 locals `$half` and `$bits`).
+pub(crate) fn block_scales(ty: &str, m: u32) -> String {
+    let (d, dmin) = scale_offsets(ty);
     let mut code = f16_inline(
         "$d",
         &format!("(i32.load16_u $m{m} offset={d} (local.get $p))"),
@@ -130,6 +148,27 @@ pub(crate) fn block_scales(ty: &str, m: u32) -> String {
         );
     }
     code
+}
+
+/// An f32x4 expression of the four f16 bit patterns in the low halves of
+/// the i32x4 local `half`: [`f16_inline`]'s conversion, lane by lane, with
+/// the same results (normal values rebiased, subnormal ones from their
+/// mantissa, infinities and NaN payloads kept).
+pub(crate) fn f16x4(half: &str) -> String {
+    let h = format!("(local.get {half})");
+    let bits = format!("(i32x4.shl (v128.and {h} (i32x4.splat (i32.const 0x7fff))) (i32.const 13))");
+    let exponent = format!("(v128.and {h} (i32x4.splat (i32.const 0x7c00)))");
+    format!(
+        "(v128.or
+          (i32x4.shl (v128.and {h} (i32x4.splat (i32.const 0x8000))) (i32.const 16))
+          (v128.bitselect
+            (f32x4.mul (f32x4.convert_i32x4_u (v128.and {h} (i32x4.splat (i32.const 0x3ff)))) (f32x4.splat (f32.const 0x1p-24)))
+            (v128.bitselect
+              (v128.or {bits} (i32x4.splat (i32.const 0x7f800000)))
+              (i32x4.add {bits} (i32x4.splat (i32.const 0x38000000)))
+              (i32x4.eq {exponent} (i32x4.splat (i32.const 0x7c00))))
+            (i32x4.eq {exponent} (v128.const i64x2 0 0))))"
+    )
 }
 
 /// Statements that set f32 local `target` to the f16 bits `half`, exactly as
@@ -220,7 +259,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup: format!("(local.set $w1 {})", load(m, at)),
                 lo: nibble("(local.get $w1)", false),
                 hi: nibble("(local.get $w1)", true),
-                unsigned: true,
+                quants: Quants::Unsigned,
                 offset: if ty == "Q4_0" { 8 } else { 0 },
                 scale: Scale::Whole(D.into()),
                 min: (ty == "Q4_1").then(|| Min::Whole(DMIN.into())),
@@ -243,7 +282,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                     nibble("(local.get $w1)", true),
                     fifth_bits(16)
                 ),
-                unsigned: true,
+                quants: Quants::Unsigned,
                 offset: if ty == "Q5_0" { 16 } else { 0 },
                 scale: Scale::Whole(D.into()),
                 min: (ty == "Q5_1").then(|| Min::Whole(DMIN.into())),
@@ -253,7 +292,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
             setup: String::new(),
             lo: load(m, 2),
             hi: load(m, 18),
-            unsigned: false,
+            quants: Quants::Signed,
             offset: 0,
             scale: Scale::Whole(D.into()),
             min: None,
@@ -290,7 +329,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup: format!("(local.set $w1 {})", load(m, qs)),
                 lo: level(false),
                 hi: level(true),
-                unsigned: false,
+                quants: Quants::Signed,
                 offset: 0,
                 scale: Scale::Whole(scale),
                 min: None,
@@ -336,7 +375,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup,
                 lo,
                 hi,
-                unsigned: true,
+                quants: Quants::Unsigned,
                 offset: 0,
                 scale: Scale::Whole(format!("(f32.mul {D} (f32.convert_i32_s {scale}))")),
                 min: Some(Min::Whole(format!(
@@ -381,7 +420,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                     nibble(&format!("(local.get {v2})"), s >= 2),
                     high("$h2")
                 ),
-                unsigned: true,
+                quants: Quants::Unsigned,
                 offset: 32,
                 scale: Scale::Halves {
                     a: D.into(),
@@ -409,7 +448,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup,
                 lo: crumb("$w1"),
                 hi: crumb("$w2"),
-                unsigned: true,
+                quants: Quants::Unsigned,
                 offset: 0,
                 scale: Scale::Halves {
                     a: D.into(),
@@ -454,7 +493,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup,
                 lo: quant("$w1", "$h1"),
                 hi: quant("$w2", "$h2"),
-                unsigned: true,
+                quants: Quants::Unsigned,
                 offset: 4,
                 scale: Scale::Halves {
                     a: D.into(),
