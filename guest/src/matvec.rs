@@ -45,16 +45,17 @@ const ROW_CHUNK: u32 = 16;
 const META_BYTES: u32 = 16;
 
 /// The i32x4 sum of `w · x` over 16 lanes: `w` an i8x16 local (its quants
-/// of range `quants`), x the 16 quants at `$q{k} + at` (input k). With
-/// relaxed SIMD, one `relaxed_dot` (whose second operand must be 0..=127):
-/// of `w` itself, or of `|w|` against x with w's signs; else
-/// `i32x4.dot_i16x8_s` over sign-extended halves.
-fn dot16(w: &str, at: u32, k: u32, quants: Quants, dot: DotProduct) -> String {
-    let x = format!("(v128.load $m0 offset={at} (local.get $q{k}))");
+/// of range `quants`), `x` an i8x16 of input quants. With relaxed SIMD, one
+/// `relaxed_dot` (whose second operand must be 0..=127): of `w` itself, or
+/// of `|w|` against x with w's signs; else `i32x4.dot_i16x8_s` over
+/// sign-extended halves.
+fn dot16(w: &str, x: &str, quants: Quants, dot: DotProduct) -> String {
     if dot == DotProduct::Relaxed {
         let zero = "(v128.const i64x2 0 0)";
         return match quants {
-            Quants::Unsigned => format!("(i32x4.relaxed_dot_i8x16_i7x16_add_s {x} {w} {zero})"),
+            Quants::Unsigned { .. } => {
+                format!("(i32x4.relaxed_dot_i8x16_i7x16_add_s {x} {w} {zero})")
+            }
             // (x ^ m) - m with m = (w < 0): x negated where w is negative.
             Quants::Signed => format!(
                 "(i32x4.relaxed_dot_i8x16_i7x16_add_s
@@ -67,6 +68,47 @@ fn dot16(w: &str, at: u32, k: u32, quants: Quants, dot: DotProduct) -> String {
         "(i32x4.add
           (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_s (local.tee $t {w})) (i16x8.extend_low_i8x16_s (local.tee $u {x})))
           (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_s (local.get $t)) (i16x8.extend_high_i8x16_s (local.get $u))))"
+    )
+}
+
+/// The largest unsigned quant whose pair products, two halves' worth, stay
+/// inside i16: 4 · 64 · 127 < 32768.
+const I16_PAIRED_MAX: u8 = 64;
+
+/// An i32x4 whose lanes sum to the group's integer dot with the input
+/// quants `xa` (elements 0..16) and `xb` (16..32): the two halves' dots
+/// added, or for a scale per half each times its integer scale (`$sa`,
+/// `$sb`). Small unsigned quants with relaxed SIMD accumulate in i16: one
+/// `pmaddubsw` per half, one `paddw`, one widening `pmaddwd` (the same
+/// integers, no pair sum near i16's limits).
+fn group_dots(gr: &quants::Group, xa: &str, xb: &str, dot: DotProduct) -> String {
+    let (wl, wh) = ("(local.get $wl)", "(local.get $wh)");
+    match &gr.scale {
+        Scale::Whole(_) => match gr.quants {
+            Quants::Unsigned { max } if max <= I16_PAIRED_MAX && dot == DotProduct::Relaxed => {
+                format!(
+                    "(i32x4.extadd_pairwise_i16x8_s (i16x8.add (i16x8.relaxed_dot_i8x16_i7x16_s {xa} {wl}) (i16x8.relaxed_dot_i8x16_i7x16_s {xb} {wh})))"
+                )
+            }
+            _ => format!(
+                "(i32x4.add {} {})",
+                dot16(wl, xa, gr.quants, dot),
+                dot16(wh, xb, gr.quants, dot)
+            ),
+        },
+        Scale::Halves { .. } => format!(
+            "(i32x4.add (i32x4.mul {} (i32x4.splat (local.get $sa))) (i32x4.mul {} (i32x4.splat (local.get $sb))))",
+            dot16(wl, xa, gr.quants, dot),
+            dot16(wh, xb, gr.quants, dot)
+        ),
+    }
+}
+
+/// Input k's quants of group `g`, elements 0..16 (`half` 0) or 16..32.
+fn x_quants(g: u32, k: u32, half: u32) -> String {
+    format!(
+        "(v128.load $m0 offset={} (local.get $q{k}))",
+        32 * g + 16 * half
     )
 }
 
@@ -97,7 +139,6 @@ fn x_sum(g: u32, k: u32, half: Option<u32>) -> String {
 /// `$g{k} + 16 g`, sum in `$sum{k}`), in the same operations as for one input.
 fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String {
     let gr = quants::group(ty, m, g);
-    let (qa, qb) = (32 * g, 32 * g + 16);
     let offset = gr.offset;
     let mut code = format!(
         "\n        {setup}\n        (local.set $wl {lo}) (local.set $wh {hi})",
@@ -110,11 +151,9 @@ fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String 
     }
     for k in 0..inputs {
         let dx = format!("(f32.load $m0 offset={} (local.get $g{k}))", META_BYTES * g);
-        let dot_a = dot16("(local.get $wl)", qa, k, gr.quants, dot);
-        let dot_b = dot16("(local.get $wh)", qb, k, gr.quants, dot);
+        let dots = lanes_sum(&group_dots(&gr, &x_quants(g, k, 0), &x_quants(g, k, 1), dot));
         let (a, isum) = match &gr.scale {
             Scale::Whole(a) => {
-                let dots = lanes_sum(&format!("(i32x4.add {dot_a} {dot_b})"));
                 let isum = if offset == 0 {
                     dots
                 } else {
@@ -126,14 +165,11 @@ fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String 
                 (a, isum)
             }
             Scale::Halves { a, .. } => {
-                let scaled = lanes_sum(&format!(
-                    "(i32x4.add (i32x4.mul {dot_a} (i32x4.splat (local.get $sa))) (i32x4.mul {dot_b} (i32x4.splat (local.get $sb))))"
-                ));
                 let isum = if offset == 0 {
-                    scaled
+                    dots
                 } else {
                     format!(
-                        "(i32.sub {scaled} (i32.mul (i32.const {offset}) (i32.add
+                        "(i32.sub {dots} (i32.mul (i32.const {offset}) (i32.add
                        (i32.mul (local.get $sa) {}) (i32.mul (local.get $sb) {}))))",
                         x_sum(g, k, Some(0)),
                         x_sum(g, k, Some(1))
@@ -227,7 +263,6 @@ fn lanes(shape: &str, lane: impl Fn(u32) -> String) -> String {
 /// bit-identical to it.
 fn row_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
     let gr = quants::group(ty, m, g);
-    let (qa, qb) = (32 * g, 32 * g + 16);
     let mut code = String::new();
     for r in 0..ROWS_AT_ONCE {
         let mut unpack = format!(
@@ -239,15 +274,15 @@ fn row_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
         }
         code += &for_row(&unpack, r);
     }
+    // The input's quants, loaded once for the four rows.
+    let _ = write!(
+        code,
+        "\n        (local.set $xa {}) (local.set $xb {})",
+        x_quants(g, 0, 0),
+        x_quants(g, 0, 1)
+    );
     for r in 0..ROWS_AT_ONCE {
-        let dot_a = dot16("(local.get $wl)", qa, 0, gr.quants, dot);
-        let dot_b = dot16("(local.get $wh)", qb, 0, gr.quants, dot);
-        let dots = match &gr.scale {
-            Scale::Whole(_) => format!("(i32x4.add {dot_a} {dot_b})"),
-            Scale::Halves { .. } => format!(
-                "(i32x4.add (i32x4.mul {dot_a} (i32x4.splat (local.get $sa))) (i32x4.mul {dot_b} (i32x4.splat (local.get $sb))))"
-            ),
-        };
+        let dots = group_dots(&gr, "(local.get $xa)", "(local.get $xb)", dot);
         let _ = write!(code, "\n        (local.set $v{r} {})", for_row(&dots, r));
     }
     code += TRANSPOSED_SUMS;
@@ -315,7 +350,6 @@ fn row_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
 /// scalar kernel's f32 operations lane by lane, so the sums are bit-identical.
 fn inputs_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
     let gr = quants::group(ty, m, g);
-    let (qa, qb) = (32 * g, 32 * g + 16);
     let mut code = format!(
         "\n        {} (local.set $wl {}) (local.set $wh {})",
         gr.setup, gr.lo, gr.hi
@@ -324,14 +358,7 @@ fn inputs_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String 
         let _ = write!(code, " (local.set $sa {sa}) (local.set $sb {sb})");
     }
     for k in 0..INPUTS_AT_ONCE {
-        let dot_a = dot16("(local.get $wl)", qa, k, gr.quants, dot);
-        let dot_b = dot16("(local.get $wh)", qb, k, gr.quants, dot);
-        let dots = match &gr.scale {
-            Scale::Whole(_) => format!("(i32x4.add {dot_a} {dot_b})"),
-            Scale::Halves { .. } => format!(
-                "(i32x4.add (i32x4.mul {dot_a} (i32x4.splat (local.get $sa))) (i32x4.mul {dot_b} (i32x4.splat (local.get $sb))))"
-            ),
-        };
+        let dots = group_dots(&gr, &x_quants(g, k, 0), &x_quants(g, k, 1), dot);
         let _ = write!(code, "\n        (local.set $v{k} {dots})");
     }
     code += TRANSPOSED_SUMS;
@@ -386,17 +413,41 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
     let m = shard + 1;
     let groups = (block / 32) as u32;
     let rows = |f: &dyn Fn(u32) -> String| (0..ROWS_AT_ONCE).map(f).collect::<Vec<_>>().join(" ");
-    // The four rows' f16 scales converted together, then one lane per row.
+    // The four rows' f16 scales converted together, then one lane per row;
+    // a dmin right after d comes in the same 32-bit load.
     let (d_at, dmin_at) = quants::scale_offsets(ty);
-    let mut scales = String::new();
-    for (field, vector, at) in [("d", "$dv", Some(d_at)), ("dmin", "$dminv", dmin_at)] {
-        let Some(at) = at else { continue };
-        let halves = lanes("i32x4", |r| format!("(i32.load16_u $m{m} offset={at} (local.get $p_r{r}))"));
-        let _ = write!(
-            scales,
-            "\n        (local.set $hv {halves}) (local.set {vector} {})",
+    let gather = |load: &str, at: u32| {
+        lanes("i32x4", |r| format!("({load} $m{m} offset={at} (local.get $p_r{r}))"))
+    };
+    let mut scales = if dmin_at == Some(d_at + 2) {
+        format!(
+            "\n        (local.set $hp {})
+        (local.set $hv (v128.and (local.get $hp) (i32x4.splat (i32.const 0xffff)))) (local.set $dv {})
+        (local.set $hv (i32x4.shr_u (local.get $hp) (i32.const 16))) (local.set $dminv {})",
+            gather("i32.load", d_at),
+            quants::f16x4("$hv"),
+            quants::f16x4("$hv")
+        )
+    } else {
+        let mut code = format!(
+            "\n        (local.set $hv {}) (local.set $dv {})",
+            gather("i32.load16_u", d_at),
             quants::f16x4("$hv")
         );
+        if let Some(at) = dmin_at {
+            let _ = write!(
+                code,
+                "\n        (local.set $hv {}) (local.set $dminv {})",
+                gather("i32.load16_u", at),
+                quants::f16x4("$hv")
+            );
+        }
+        code
+    };
+    for (field, vector) in [("d", "$dv"), ("dmin", "$dminv")] {
+        if field == "dmin" && dmin_at.is_none() {
+            continue;
+        }
         for r in 0..ROWS_AT_ONCE {
             let _ = write!(scales, " (local.set ${field}_r{r} (f32x4.extract_lane {r} (local.get {vector})))");
         }
@@ -417,7 +468,7 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
         r#"
   (func $mvr_{ty}_{shard} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q_start i32) (param $g_start i32) (param $y i32) (param $q_stride i32) (param $g_stride i32) (param $y_stride i32)
     (local $b i32) (local $q0 i32) (local $g0 i32) (local $acc v128) (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
-    (local $hv v128) (local $dv v128) (local $dminv v128)
+    (local $hv v128) (local $hp v128) (local $dv v128) (local $dminv v128) (local $xa v128) (local $xb v128)
     {locals}
     (block $done
       (loop $each_rows

@@ -85,8 +85,8 @@ pub(crate) struct Group {
 /// What a group's i8 quants can hold.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Quants {
-    /// 0..=127: relaxed SIMD's i7 operand as they are.
-    Unsigned,
+    /// 0..=max (at most 127): relaxed SIMD's i7 operand as they are.
+    Unsigned { max: u8 },
     /// -127..=127 in any file a quantizer wrote (Q8_0's `round(x / d)` with
     /// `d = max|x| / 127`; IQ4's level table): the dot is `|w| · (x with w's
     /// sign)`, whose unsigned operand is 0..=127. A hostile file's -128 is
@@ -259,7 +259,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup: format!("(local.set $w1 {})", load(m, at)),
                 lo: nibble("(local.get $w1)", false),
                 hi: nibble("(local.get $w1)", true),
-                quants: Quants::Unsigned,
+                quants: Quants::Unsigned { max: 15 },
                 offset: if ty == "Q4_0" { 8 } else { 0 },
                 scale: Scale::Whole(D.into()),
                 min: (ty == "Q4_1").then(|| Min::Whole(DMIN.into())),
@@ -282,7 +282,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                     nibble("(local.get $w1)", true),
                     fifth_bits(16)
                 ),
-                quants: Quants::Unsigned,
+                quants: Quants::Unsigned { max: 31 },
                 offset: if ty == "Q5_0" { 16 } else { 0 },
                 scale: Scale::Whole(D.into()),
                 min: (ty == "Q5_1").then(|| Min::Whole(DMIN.into())),
@@ -375,7 +375,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup,
                 lo,
                 hi,
-                quants: Quants::Unsigned,
+                quants: Quants::Unsigned { max: if ty == "Q4_K" { 15 } else { 31 } },
                 offset: 0,
                 scale: Scale::Whole(format!("(f32.mul {D} (f32.convert_i32_s {scale}))")),
                 min: Some(Min::Whole(format!(
@@ -420,7 +420,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                     nibble(&format!("(local.get {v2})"), s >= 2),
                     high("$h2")
                 ),
-                quants: Quants::Unsigned,
+                quants: Quants::Unsigned { max: 63 },
                 offset: 32,
                 scale: Scale::Halves {
                     a: D.into(),
@@ -448,7 +448,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup,
                 lo: crumb("$w1"),
                 hi: crumb("$w2"),
-                quants: Quants::Unsigned,
+                quants: Quants::Unsigned { max: 3 },
                 offset: 0,
                 scale: Scale::Halves {
                     a: D.into(),
@@ -493,7 +493,7 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup,
                 lo: quant("$w1", "$h1"),
                 hi: quant("$w2", "$h2"),
-                quants: Quants::Unsigned,
+                quants: Quants::Unsigned { max: 7 },
                 offset: 4,
                 scale: Scale::Halves {
                     a: D.into(),
