@@ -151,7 +151,12 @@ fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String 
     }
     for k in 0..inputs {
         let dx = format!("(f32.load $m0 offset={} (local.get $g{k}))", META_BYTES * g);
-        let dots = lanes_sum(&group_dots(&gr, &x_quants(g, k, 0), &x_quants(g, k, 1), dot));
+        let dots = lanes_sum(&group_dots(
+            &gr,
+            &x_quants(g, k, 0),
+            &x_quants(g, k, 1),
+            dot,
+        ));
         let (a, isum) = match &gr.scale {
             Scale::Whole(a) => {
                 let isum = if offset == 0 {
@@ -407,9 +412,27 @@ fn inputs_block_group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String 
     code
 }
 
+/// Types whose row-blocked kernel is slower than the one-row kernel: Q6_K
+/// keeps six vectors of a block live per row (low and high bits of two
+/// group pairs), 24 for four rows, past the 16 xmm registers Cranelift uses
+/// (measured: 4.12 GB/s against 4.78 for one row at a time on
+/// Qwen2.5-Coder's Q6_K weights, 1 thread).
+const ONE_ROW_AT_A_TIME: &[&str] = &["Q6_K"];
+
 /// `$mvr_{ty}_{shard}`: `$mv_{ty}_{shard}`'s rows and signature (one input),
-/// four rows at a time while four are left, the rest by `$mv_`.
+/// four rows at a time while four are left, the rest by `$mv_` (all of them
+/// for [`ONE_ROW_AT_A_TIME`] types).
 fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) -> String {
+    let tail = format!(
+        "(call $mv_{ty}_{shard} (local.get $p) (local.get $rows) (local.get $row_bytes) (local.get $blocks) (local.get $q_start)
+      (local.get $g_start) (local.get $y) (local.get $q_stride) (local.get $g_stride) (local.get $y_stride))"
+    );
+    let signature = format!(
+        "(func $mvr_{ty}_{shard} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q_start i32) (param $g_start i32) (param $y i32) (param $q_stride i32) (param $g_stride i32) (param $y_stride i32)"
+    );
+    if ONE_ROW_AT_A_TIME.contains(&ty) {
+        return format!("\n  {signature}\n    {tail})");
+    }
     let m = shard + 1;
     let groups = (block / 32) as u32;
     let rows = |f: &dyn Fn(u32) -> String| (0..ROWS_AT_ONCE).map(f).collect::<Vec<_>>().join(" ");
@@ -417,7 +440,9 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
     // a dmin right after d comes in the same 32-bit load.
     let (d_at, dmin_at) = quants::scale_offsets(ty);
     let gather = |load: &str, at: u32| {
-        lanes("i32x4", |r| format!("({load} $m{m} offset={at} (local.get $p_r{r}))"))
+        lanes("i32x4", |r| {
+            format!("({load} $m{m} offset={at} (local.get $p_r{r}))")
+        })
     };
     let mut scales = if dmin_at == Some(d_at + 2) {
         format!(
@@ -449,7 +474,10 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
             continue;
         }
         for r in 0..ROWS_AT_ONCE {
-            let _ = write!(scales, " (local.set ${field}_r{r} (f32x4.extract_lane {r} (local.get {vector})))");
+            let _ = write!(
+                scales,
+                " (local.set ${field}_r{r} (f32x4.extract_lane {r} (local.get {vector})))"
+            );
         }
     }
     let body: String = scales
@@ -466,7 +494,7 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
     });
     format!(
         r#"
-  (func $mvr_{ty}_{shard} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q_start i32) (param $g_start i32) (param $y i32) (param $q_stride i32) (param $g_stride i32) (param $y_stride i32)
+  {signature}
     (local $b i32) (local $q0 i32) (local $g0 i32) (local $acc v128) (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
     (local $hv v128) (local $hp v128) (local $dv v128) (local $dminv v128) (local $xa v128) (local $xb v128)
     {locals}
@@ -488,8 +516,7 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
         (local.set $p (i64.add (local.get $p) (i64.mul (local.get $row_bytes) (i64.const {ROWS_AT_ONCE}))))
         (local.set $rows (i64.sub (local.get $rows) (i64.const {ROWS_AT_ONCE})))
         (br $each_rows)))
-    (call $mv_{ty}_{shard} (local.get $p) (local.get $rows) (local.get $row_bytes) (local.get $blocks) (local.get $q_start)
-      (local.get $g_start) (local.get $y) (local.get $q_stride) (local.get $g_stride) (local.get $y_stride)))"#,
+    {tail})"#,
         starts = rows(&|r| format!(
             "(local.set $p_r{r} (i64.add (local.get $p) (i64.mul (local.get $row_bytes) (i64.const {r}))))"
         )),

@@ -159,7 +159,8 @@ pub(crate) fn block_scales(ty: &str, m: u32) -> String {
 /// subnormal f16 scale (none in real models) makes the multiply slow.
 pub(crate) fn f16x4(half: &str) -> String {
     let h = format!("(local.get {half})");
-    let bits = format!("(i32x4.shl (v128.and {h} (i32x4.splat (i32.const 0x7fff))) (i32.const 13))");
+    let bits =
+        format!("(i32x4.shl (v128.and {h} (i32x4.splat (i32.const 0x7fff))) (i32.const 13))");
     format!(
         "(v128.or
           (i32x4.shl (v128.and {h} (i32x4.splat (i32.const 0x8000))) (i32.const 16))
@@ -374,7 +375,9 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
                 setup,
                 lo,
                 hi,
-                quants: Quants::Unsigned { max: if ty == "Q4_K" { 15 } else { 31 } },
+                quants: Quants::Unsigned {
+                    max: if ty == "Q4_K" { 15 } else { 31 },
+                },
                 offset: 0,
                 scale: Scale::Whole(format!("(f32.mul {D} (f32.convert_i32_s {scale}))")),
                 min: Some(Min::Whole(format!(
