@@ -134,7 +134,7 @@ fn kernel(ty: GgmlType, shard: u32) -> String {
             format!(
                 r#"{header}
     (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32) (local $scale v128) (local $min v128)
-    (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128) (local $sv v128) (local $t v128)
+    (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128) (local $t v128)
     (block $done
       (loop $blocks
         (br_if $done (i64.eqz (local.get $n))){scales}{groups}

@@ -217,7 +217,7 @@ const ROWS_AT_ONCE: u32 = 4;
 /// The locals a block's unpacking and a group's dots use for one row: in
 /// the row-blocked kernel each row has its own (`$w1` of row 2 is `$w1_r2`).
 const ROW_LOCALS: &[&str] = &[
-    "p", "d", "dmin", "half", "bits", "sa", "sb", "w1", "w2", "w3", "w4", "h1", "h2", "qh", "sv", "wl",
+    "p", "d", "dmin", "half", "bits", "sa", "sb", "w1", "w2", "w3", "w4", "h1", "h2", "qh", "wl",
     "wh", "t", "u", "s",
 ];
 
@@ -487,7 +487,7 @@ fn row_block_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct) 
     let locals = rows(&|r| {
         for_row(
             "(local $p i64) (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32)
-    (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128) (local $sv v128)
+    (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128)
     (local $t v128) (local $u v128) (local $s v128) (local $wl v128) (local $wh v128)",
             r,
         )
@@ -581,7 +581,7 @@ fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct, inputs
         r#"
   (func ${name} (param $p i64) (param $rows i64) (param $row_bytes i64) (param $blocks i32) (param $q_start i32) (param $g_start i32) (param $y i32) (param $q_stride i32) (param $g_stride i32) (param $y_stride i32)
     (local $row i64) (local $b i32) {locals} (local $d f32) (local $dmin f32) (local $half i32) (local $bits i32) (local $sa i32) (local $sb i32)
-    (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128) (local $sv v128)
+    (local $w1 v128) (local $w2 v128) (local $w3 v128) (local $w4 v128) (local $h1 v128) (local $h2 v128) (local $qh v128)
     (local $t v128) (local $u v128) (local $s v128) (local $wl v128) (local $wh v128)
     (local $acc v128) (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
     (block $done

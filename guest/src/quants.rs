@@ -336,33 +336,27 @@ pub(crate) fn group(ty: &str, m: u32, g: u32) -> Group {
             }
         }
         "Q4_K" | "Q5_K" => {
-            // The 6-bit scale and min of group g, packed in the 12 bytes at
-            // 4: loaded once a block as a vector (one bounds-checked load),
-            // its bytes taken out as needed.
-            let packed_byte = |at: u32| format!("(i8x16.extract_lane_u {} (local.get $sv))", at - 4);
+            // The 6-bit scale and min of group g, packed in the 12 bytes at 4.
             let (scale, min) = if g < 4 {
                 (
-                    format!("(i32.and {} (i32.const 63))", packed_byte(4 + g)),
-                    format!("(i32.and {} (i32.const 63))", packed_byte(8 + g)),
+                    format!("(i32.and {} (i32.const 63))", byte(m, 4 + g)),
+                    format!("(i32.and {} (i32.const 63))", byte(m, 8 + g)),
                 )
             } else {
-                let packed = packed_byte(12 + g - 4);
+                let packed = byte(m, 12 + g - 4);
                 (
                     format!(
                         "(i32.or (i32.and {packed} (i32.const 15)) (i32.shl (i32.shr_u {} (i32.const 6)) (i32.const 4)))",
-                        packed_byte(g)
+                        byte(m, g)
                     ),
                     format!(
                         "(i32.or (i32.shr_u {packed} (i32.const 4)) (i32.shl (i32.shr_u {} (i32.const 6)) (i32.const 4)))",
-                        packed_byte(4 + g)
+                        byte(m, 4 + g)
                     ),
                 )
             };
             let qs = if ty == "Q4_K" { 16 } else { 48 } + 32 * (g / 2);
             let mut setup = String::new();
-            if g == 0 {
-                setup += &format!("(local.set $sv {})", load(m, 4));
-            }
             if g.is_multiple_of(2) {
                 setup += &load_pair(m, qs, "$w1", "$w2");
             }
