@@ -83,15 +83,23 @@ fn drive(url: &str, extra: &[&str]) -> Value {
         Path::new("/usr/bin/chromium").exists(),
         "Chromium is missing: run `apt-get install -y chromium` (scripts/test does)"
     );
-    let output = Command::new("node")
-        .arg(web.join("tests/drive.mjs"))
-        .arg(url)
-        .args(extra)
+    json_output(
+        Command::new("node")
+            .arg(web.join("tests/drive.mjs"))
+            .arg(url)
+            .args(extra),
+        "drive.mjs",
+    )
+}
+
+/// A command's stdout as JSON; it must succeed (else its stderr is the failure).
+fn json_output(command: &mut Command, what: &str) -> Value {
+    let output = command
         .output()
-        .expect("node is needed for the browser tests");
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     assert!(
         output.status.success(),
-        "drive.mjs failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
@@ -99,17 +107,12 @@ fn drive(url: &str, extra: &[&str]) -> Value {
 
 /// A `shardload` command's `--json` output (it must succeed).
 fn shardload_json(args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_shardload"))
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    json_output(
+        Command::new(env!("CARGO_BIN_EXE_shardload"))
+            .args(args)
+            .arg("--json"),
+        "shardload",
+    )
 }
 
 /// `shardload run --sweep --json`: the same guest, natively, over mapped shards.
@@ -644,17 +647,12 @@ fn every_vocabulary_tokenizes_in_chromium_exactly_as_llama_cpp_does() {
         )
         .unwrap();
     }
-    let output = Command::new("node")
-        .arg(root().join("web/tests/tokenize.mjs"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "tokenize.mjs failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let result = json_output(
+        Command::new("node")
+            .arg(root().join("web/tests/tokenize.mjs"))
+            .arg(dir.path()),
+        "tokenize.mjs",
     );
-    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(result["mismatches"], serde_json::json!([]), "{result:#}");
     assert_eq!(result["vocabularies"], vocabularies.len(), "{result:#}");
     assert!(result["cases"].as_u64().unwrap() >= 59 * vocabularies.len() as u64);
