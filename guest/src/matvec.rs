@@ -133,11 +133,11 @@ fn x_sum(g: u32, k: u32, half: Option<u32>) -> String {
     )
 }
 
-/// The statements for group `g` against `inputs` inputs: the weights are
-/// unpacked once (into `$wl`, `$wh`, and the half scales into `$sa`, `$sb`),
-/// then dotted with each input k (x quants at `$q{k} + 32 g`, meta at
-/// `$g{k} + 16 g`, sum in `$sum{k}`), in the same operations as for one input.
-fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String {
+/// The statements for group `g` of one row against one input, the scalar
+/// algorithm every kernel shape reproduces: the weights unpacked (into
+/// `$wl`, `$wh`, and the half scales into `$sa`, `$sb`), dotted with the
+/// input (x quants at `$q0 + 32 g`, meta at `$g0 + 16 g`), the sum in `$sum0`.
+fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct) -> String {
     let gr = quants::group(ty, m, g);
     let offset = gr.offset;
     let mut code = format!(
@@ -149,65 +149,64 @@ fn group_code(ty: &str, m: u32, g: u32, dot: DotProduct, inputs: u32) -> String 
     if let Scale::Halves { sa, sb, .. } = &gr.scale {
         let _ = write!(code, " (local.set $sa {sa}) (local.set $sb {sb})");
     }
-    for k in 0..inputs {
-        let dx = format!("(f32.load $m0 offset={} (local.get $g{k}))", META_BYTES * g);
-        let dots = lanes_sum(&group_dots(
-            &gr,
-            &x_quants(g, k, 0),
-            &x_quants(g, k, 1),
-            dot,
-        ));
-        let (a, isum) = match &gr.scale {
-            Scale::Whole(a) => {
-                let isum = if offset == 0 {
-                    dots
-                } else {
-                    format!(
-                        "(i32.sub {dots} (i32.mul (i32.const {offset}) {}))",
-                        x_sum(g, k, None)
-                    )
-                };
-                (a, isum)
-            }
-            Scale::Halves { a, .. } => {
-                let isum = if offset == 0 {
-                    dots
-                } else {
-                    format!(
-                        "(i32.sub {dots} (i32.mul (i32.const {offset}) (i32.add
-                       (i32.mul (local.get $sa) {}) (i32.mul (local.get $sb) {}))))",
-                        x_sum(g, k, Some(0)),
-                        x_sum(g, k, Some(1))
-                    )
-                };
-                (a, isum)
-            }
-        };
-        let _ = write!(
-            code,
-            "\n        (local.set $sum{k} (f32.add (local.get $sum{k}) (f32.mul (f32.mul {a} {dx}) (f32.convert_i32_s {isum}))))"
-        );
-        let min = gr.min.as_ref().map(|min| match min {
-            Min::Whole(b) => (b.clone(), x_sum(g, k, None)),
-            Min::Halves { b, ma, mb } => (
-                b.clone(),
+    let k = 0;
+    let dx = format!("(f32.load $m0 offset={} (local.get $g{k}))", META_BYTES * g);
+    let dots = lanes_sum(&group_dots(
+        &gr,
+        &x_quants(g, k, 0),
+        &x_quants(g, k, 1),
+        dot,
+    ));
+    let (a, isum) = match &gr.scale {
+        Scale::Whole(a) => {
+            let isum = if offset == 0 {
+                dots
+            } else {
                 format!(
-                    "(i32.add (i32.mul {ma} {}) (i32.mul {mb} {}))",
+                    "(i32.sub {dots} (i32.mul (i32.const {offset}) {}))",
+                    x_sum(g, k, None)
+                )
+            };
+            (a, isum)
+        }
+        Scale::Halves { a, .. } => {
+            let isum = if offset == 0 {
+                dots
+            } else {
+                format!(
+                    "(i32.sub {dots} (i32.mul (i32.const {offset}) (i32.add
+                   (i32.mul (local.get $sa) {}) (i32.mul (local.get $sb) {}))))",
                     x_sum(g, k, Some(0)),
                     x_sum(g, k, Some(1))
-                ),
-            ),
-        });
-        if let Some((b, jsum)) = min {
-            let _ = write!(
-                code,
-                "\n        (local.set $sum{k} (f32.add (local.get $sum{k}) (f32.mul (f32.mul {b} {dx}) (f32.convert_i32_s {jsum}))))"
-            );
+                )
+            };
+            (a, isum)
         }
+    };
+    let _ = write!(
+        code,
+        "\n        (local.set $sum{k} (f32.add (local.get $sum{k}) (f32.mul (f32.mul {a} {dx}) (f32.convert_i32_s {isum}))))"
+    );
+    let min = gr.min.as_ref().map(|min| match min {
+        Min::Whole(b) => (b.clone(), x_sum(g, k, None)),
+        Min::Halves { b, ma, mb } => (
+            b.clone(),
+            format!(
+                "(i32.add (i32.mul {ma} {}) (i32.mul {mb} {}))",
+                x_sum(g, k, Some(0)),
+                x_sum(g, k, Some(1))
+            ),
+        ),
+    });
+    if let Some((b, jsum)) = min {
+        let _ = write!(
+            code,
+            "\n        (local.set $sum{k} (f32.add (local.get $sum{k}) (f32.mul (f32.mul {b} {dx}) (f32.convert_i32_s {jsum}))))"
+        );
     }
+
     code
 }
-
 /// Rows the single-input kernel (`$mvr_...`) dots with one input at once:
 /// each x load and its metadata serve four rows, the four rows' i32 dot
 /// vectors are summed across lanes together (one transpose, not four
@@ -547,7 +546,7 @@ fn row_loop(ty: &str, block: u64, size: u64, shard: u32, dot: DotProduct, inputs
                 if blocked {
                     inputs_block_group_code(ty, m, g, dot)
                 } else {
-                    group_code(ty, m, g, dot, inputs)
+                    group_code(ty, m, g, dot)
                 }
             })
             .collect::<String>();
