@@ -69,6 +69,22 @@ impl ModelLayout {
         Some(bases)
     }
 
+    /// The same files with only the tensors `keep` names: what one pipeline
+    /// stage maps. The kept tensors keep their files and offsets, so their
+    /// logical offsets are the whole model's.
+    pub fn only(&self, keep: impl Fn(&str) -> bool) -> ModelLayout {
+        ModelLayout {
+            files: self.files.clone(),
+            alignment: self.alignment,
+            tensors: self
+                .tensors
+                .iter()
+                .filter(|t| keep(&t.name))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The transformer block a tensor belongs to (`blk.N.` names), if any.
     pub fn block_of(name: &str) -> Option<u64> {
         let rest = name.strip_prefix("blk.")?;

@@ -9,14 +9,16 @@
 mod layout;
 mod plan;
 mod route;
+mod stages;
 
 use serde::{Deserialize, Serialize};
 
 pub use layout::{ModelFile, ModelLayout, TensorSpan};
 pub use plan::{
-    Extent, HOST_PAGE, ModelIdentity, PLAN_FORMAT, PlacedTensor, Plan, Shard, WASM_PAGE,
+    Extent, HOST_PAGE, ModelIdentity, PLAN_FORMAT, PlacedTensor, Plan, SKIPPED_GAP, Shard, WASM_PAGE,
 };
 pub use route::{Route, Router};
+pub use stages::{LayerWeights, STAGES_FORMAT, Stage, StagePlan, balance_layers};
 
 /// The memory64 size browsers allow today (16 GiB): the default shard cap.
 pub const DEFAULT_MAX_SHARD_SIZE: u64 = 16 << 30;
@@ -131,6 +133,34 @@ pub enum PlanError {
     /// The plan file is not a readable plan.
     #[error("not a {PLAN_FORMAT} plan: {0}")]
     BadPlan(String),
+    /// `--stages 0`.
+    #[error("--stages must be at least 1")]
+    ZeroStages,
+    /// More stages than layers.
+    #[error("cannot make {stages} stages: the model has only {layers} layers")]
+    TooManyStages {
+        /// Stages asked for.
+        stages: usize,
+        /// The model's transformer blocks.
+        layers: usize,
+    },
+    /// The best cut still overfills a machine.
+    #[error(
+        "stage {stage} (layers {}..{}) needs {} but its machine has {} free: give it more memory or use more stages", .layers.start, .layers.end, Size(*.needs), Size(*.free)
+    )]
+    StageDoesNotFit {
+        /// The stage, 0-based.
+        stage: usize,
+        /// Its layers in the best cut.
+        layers: std::ops::Range<usize>,
+        /// The bytes it holds.
+        needs: u64,
+        /// Its machine's free memory.
+        free: u64,
+    },
+    /// The stage plan file is not a readable stage plan.
+    #[error("not a {STAGES_FORMAT} stage plan: {0}")]
+    BadStages(String),
     /// The plan was made from other files.
     #[error("the plan does not match the model: {0}; make a new plan with `shardload plan`")]
     WrongModel(String),
@@ -155,7 +185,7 @@ impl Plan {
         serde_json::to_string_pretty(self).expect("a plan always serializes")
     }
 
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let mut owner = vec![None; self.tensors.len()];
         for (index, shard) in self.shards.iter().enumerate() {
             let at = format!("shards[{index}]");

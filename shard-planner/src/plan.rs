@@ -19,6 +19,13 @@ pub const HOST_PAGE: u64 = 4096;
 /// The `format` value of plans this crate writes and reads.
 pub const PLAN_FORMAT: &str = "shardload-plan/1";
 
+/// The smallest run of a file's bytes between two of a shard's tensors that
+/// the shard does not map (it starts a new extent instead). A whole model's
+/// tensors lie back to back, so this only splits the plan of a subset of
+/// them (one pipeline stage's layers); smaller gaps are cheaper mapped than
+/// routed around.
+pub const SKIPPED_GAP: u64 = 1 << 20;
+
 /// A complete shard plan, serialized as the plan file (`shardload-plan/1`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -118,10 +125,12 @@ impl OpenExtent {
         }
     }
 
-    /// Adds a tensor; a tensor in another file closes this extent (returned)
-    /// and opens the next one at the following granule in memory.
+    /// Adds a tensor; a tensor in another file, or one past a gap of
+    /// [`SKIPPED_GAP`] or more (a layer range's shards leave out the other
+    /// layers), closes this extent (returned) and opens the next one at the
+    /// following granule in memory.
     fn push(self, t: Bytes, granule: u64) -> Result<(OpenExtent, Option<Extent>), PlanError> {
-        if t.file == self.file {
+        if t.file == self.file && t.start < self.file_end.saturating_add(SKIPPED_GAP) {
             let file_end = self.file_end.max(t.end);
             return Ok((OpenExtent { file_end, ..self }, None));
         }

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use shard_planner::{
-    Boundary, HOST_PAGE, ModelFile, ModelLayout, Plan, PlanError, PlanOptions, Router, TensorSpan,
-    WASM_PAGE,
+    Boundary, HOST_PAGE, ModelFile, ModelLayout, Plan, PlanError, PlanOptions, Router,
+    SKIPPED_GAP, TensorSpan, WASM_PAGE,
 };
 
 /// (name, block size, type size) of the ggml types the generator draws from.
@@ -322,6 +322,46 @@ proptest! {
         let again = Plan::from_json(&plan.to_json()).unwrap();
         prop_assert_eq!(&again, &plan);
         prop_assert!(again.check_model(&layout).is_ok());
+    }
+
+    #[test]
+    fn a_subset_of_the_tensors_maps_no_run_of_left_out_bytes_of_a_mebibyte_or_more(
+        layout in model(300), shards in 1u32..=4, keep_every in 2usize..5
+    ) {
+        let kept: std::collections::HashSet<String> = layout
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % keep_every == 0)
+            .map(|(_, t)| t.name.clone())
+            .collect();
+        let subset = layout.only(|name| kept.contains(name));
+        let Ok(plan) = Plan::new(&subset, &options(Some(shards), Boundary::Tensor)) else {
+            prop_assume!(false);
+            unreachable!()
+        };
+        let granule = subset.alignment.max(HOST_PAGE);
+        for shard in &plan.shards {
+            for extent in &shard.extents {
+                let end = extent.file_offset + extent.bytes;
+                let mut inside: Vec<(u64, u64)> = shard
+                    .tensors
+                    .iter()
+                    .map(|&t| &plan.tensors[t].span)
+                    .filter(|t| t.file == extent.file && t.file_offset >= extent.file_offset && t.file_offset < end)
+                    .map(|t| (t.file_offset, t.file_offset + t.bytes))
+                    .collect();
+                inside.sort();
+                prop_assert!(!inside.is_empty(), "an extent maps none of its shard's tensors");
+                prop_assert!(inside[0].0 - extent.file_offset < granule);
+                prop_assert_eq!(inside.iter().map(|t| t.1).max().unwrap(), end);
+                let mut mapped_to = inside[0].1;
+                for &(start, stop) in &inside[1..] {
+                    prop_assert!(start < mapped_to + SKIPPED_GAP, "a gap of {} bytes is mapped", start - mapped_to);
+                    mapped_to = mapped_to.max(stop);
+                }
+            }
+        }
     }
 }
 
