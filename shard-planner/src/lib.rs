@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use layout::{ModelFile, ModelLayout, TensorSpan};
 pub use plan::{
-    Extent, HOST_PAGE, ModelIdentity, PLAN_FORMAT, PlacedTensor, Plan, SKIPPED_GAP, Shard, WASM_PAGE,
+    Extent, HOST_PAGE, ModelIdentity, PLAN_FORMAT, PlacedTensor, Plan, SKIPPED_GAP, Shard,
+    WASM_PAGE,
 };
 pub use route::{Route, Router};
 pub use stages::{LayerWeights, STAGES_FORMAT, Stage, StagePlan, balance_layers};

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use shard_planner::{
-    Boundary, HOST_PAGE, ModelFile, ModelLayout, Plan, PlanError, PlanOptions, Router,
-    SKIPPED_GAP, TensorSpan, WASM_PAGE,
+    Boundary, HOST_PAGE, ModelFile, ModelLayout, Plan, PlanError, PlanOptions, Router, SKIPPED_GAP,
+    TensorSpan, WASM_PAGE,
 };
 
 /// (name, block size, type size) of the ggml types the generator draws from.

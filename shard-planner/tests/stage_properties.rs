@@ -24,10 +24,12 @@ fn every_cut(layers: usize, stages: usize) -> Vec<Vec<std::ops::Range<usize>>> {
     }
     (stages - 1..layers)
         .flat_map(|start| {
-            every_cut(start, stages - 1).into_iter().map(move |mut cut| {
-                cut.push(start..layers);
-                cut
-            })
+            every_cut(start, stages - 1)
+                .into_iter()
+                .map(move |mut cut| {
+                    cut.push(start..layers);
+                    cut
+                })
         })
         .collect()
 }
@@ -88,8 +90,14 @@ fn more_stages_than_layers_are_refused_with_both_counts() {
         last: 0,
     };
     let e = balance_layers(&w, &[None; 4]).unwrap_err();
-    assert_eq!(e.to_string(), "cannot make 4 stages: the model has only 3 layers");
-    assert!(matches!(balance_layers(&w, &[]), Err(PlanError::ZeroStages)));
+    assert_eq!(
+        e.to_string(),
+        "cannot make 4 stages: the model has only 3 layers"
+    );
+    assert!(matches!(
+        balance_layers(&w, &[]),
+        Err(PlanError::ZeroStages)
+    ));
 }
 
 #[test]

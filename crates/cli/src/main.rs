@@ -205,9 +205,21 @@ struct PlanArgs {
     /// Print the plan as JSON (the plan file format) instead of a table.
     #[arg(long)]
     json: bool,
-    /// Write the plan file here (for `shardload run --plan`).
+    /// Write the plan file here (for `shardload run --plan`, or with --stages the
+    /// stage plan for `python -m shardload.ray --plan`).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Cut the model by layers into N pipeline stages, one per machine, each
+    /// planned into its own shards of only the tensors its layers read (the
+    /// shard options apply within each stage). Layers are balanced so the
+    /// largest stage is as small as can be.
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    stages: Option<usize>,
+    /// With --stages: each machine's free memory, in stage order
+    /// (20GiB,20GiB,12GiB). Layers are then balanced so the fullest machine
+    /// is as empty as can be, and a stage that cannot fit is refused.
+    #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = units::parse_size, requires = "stages")]
+    stage_memory: Vec<u64>,
 }
 
 /// Sampling options shared by `generate` and `chat`; the defaults are llama.cpp's.

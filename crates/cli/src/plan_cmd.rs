@@ -12,6 +12,9 @@ use crate::{PlanArgs, check_model_exists};
 pub fn run(args: &PlanArgs) -> Result<ExitCode> {
     check_model_exists(&args.model)?;
     let model = OpenModel::open(&args.model)?;
+    if let Some(stages) = args.stages {
+        return run_stages(args, &model, stages);
+    }
     let plan = model.plan(&args.split.options())?;
     if let Some(path) = &args.output {
         std::fs::write(path, plan.to_json())
@@ -24,6 +27,55 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode> {
         if let Some(path) = &args.output {
             println!("plan written to {}", path.display());
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--stages N`: the stage plan, a line per stage (or its JSON).
+fn run_stages(args: &PlanArgs, model: &OpenModel, stages: usize) -> Result<ExitCode> {
+    let memory: Vec<Option<u64>> = match args.stage_memory.len() {
+        0 => vec![None; stages],
+        n if n == stages => args.stage_memory.iter().copied().map(Some).collect(),
+        n => anyhow::bail!(
+            "--stage-memory gives {n} sizes for --stages {stages}: give one per stage"
+        ),
+    };
+    let plan = shardload_runtime::plan_stages(model, &memory, &args.split.options())?;
+    if let Some(path) = &args.output {
+        std::fs::write(path, plan.to_json())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", plan.to_json());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "model    {} ({} layers, {} in {} stages)",
+        model.name(),
+        plan.layers,
+        human(model.layout.tensors.iter().map(|t| t.bytes).sum()),
+        plan.stages.len()
+    );
+    println!();
+    println!(
+        "{:>5}  {:>9}  {:>7}  {:>11}  {:>6}  {:>10}  {:>10}",
+        "stage", "layers", "tensors", "tensor data", "shards", "memory", "free"
+    );
+    for (index, stage) in plan.stages.iter().enumerate() {
+        let p = &stage.plan;
+        println!(
+            "{:>5}  {:>9}  {:>7}  {:>11}  {:>6}  {:>10}  {:>10}",
+            index,
+            format!("{}..{}", stage.layers.start, stage.layers.end),
+            p.tensors.len(),
+            human(p.shards.iter().map(|s| s.tensor_bytes).sum()),
+            p.shards.len(),
+            human(p.shards.iter().map(|s| s.bytes).sum()),
+            stage.memory.map_or("-".to_string(), human),
+        );
+    }
+    if let Some(path) = &args.output {
+        println!("stage plan written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

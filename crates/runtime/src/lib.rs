@@ -12,9 +12,11 @@ mod pool;
 mod program;
 mod sample;
 mod session;
+mod stages;
 
 pub use arch::Hyperparameters;
 pub use chat::{CHAT_TEMPLATE_KEY, ChatTemplate, Message};
 pub use program::{MAX_CTX, Program};
 pub use sample::{Sampler, SamplerConfig};
 pub use session::{SequenceId, Session, SessionOptions, StageOutput};
+pub use stages::{load_stage, plan_stage, plan_stages, stage_layout};

@@ -7,6 +7,7 @@
 //! Every host then writes the same bytes and enters the same export.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use anyhow::{Result, anyhow, bail};
 use shard_planner::Plan;
@@ -142,6 +143,8 @@ pub(crate) struct ProgramBuilder<'a> {
     caches: Vec<Cache>,
     /// The widest input any matmul quantizes (sizes each thread's working space).
     widest_input: usize,
+    /// The plan indices of the tensors the operations read.
+    read: std::collections::BTreeSet<usize>,
 }
 
 impl<'a> ProgramBuilder<'a> {
@@ -161,6 +164,7 @@ impl<'a> ProgramBuilder<'a> {
             ops: Vec::new(),
             caches: Vec::new(),
             widest_input: 0,
+            read: Default::default(),
         }
     }
 
@@ -172,7 +176,7 @@ impl<'a> ProgramBuilder<'a> {
     /// The plan index of tensor `name`, checked to have `dims` and either
     /// type F32 (`f32_only`) or a type the guest has kernels for: a model the
     /// guest cannot run is refused here, by tensor and type, before any call.
-    fn tensor(&self, name: &str, dims: &[usize], f32_only: bool) -> Result<Arg> {
+    fn tensor(&mut self, name: &str, dims: &[usize], f32_only: bool) -> Result<Arg> {
         let path = &self.plan.model.files[0].path;
         let &i = self
             .index
@@ -201,6 +205,7 @@ impl<'a> ProgramBuilder<'a> {
                 known.join(", ")
             );
         }
+        self.read.insert(i);
         Ok(Arg::Int(i32::try_from(i)?))
     }
 
@@ -540,24 +545,53 @@ impl Program {
         options: &crate::SessionOptions,
         scratch_free: usize,
     ) -> Result<Program> {
-        let arch = crate::arch::read(file)?;
-        let hp = arch.hyperparameters();
         let &crate::SessionOptions {
             ctx,
             threads,
             sequences,
             ..
         } = options;
-        if ctx == 0 || ctx > MAX_CTX {
-            bail!("--ctx must be between 1 and {MAX_CTX}, not {ctx}");
-        }
         if threads == 0 || threads > 256 {
             bail!("--threads must be between 1 and 256, not {threads}");
         }
         if sequences == 0 || sequences > 4096 {
             bail!("sequences must be between 1 and 4096, not {sequences}");
         }
-        let layers = options.layers.clone().unwrap_or(0..hp.layers);
+        let arch = crate::arch::read(file)?;
+        let layers = options.layers.clone();
+        Self::emit(plan, arch.as_ref(), layers, ctx)?.finish(scratch_free, threads, sequences)
+    }
+
+    /// The names of the tensors that layers `layers` of `file`'s
+    /// architecture read, from a plan of the whole model: what a pipeline
+    /// stage of those layers maps, and nothing else.
+    pub fn tensors_read(
+        plan: &Plan,
+        file: &shardload_gguf::GgufFile,
+        layers: Range<usize>,
+    ) -> Result<Vec<String>> {
+        let arch = crate::arch::read(file)?;
+        let builder = Self::emit(plan, arch.as_ref(), Some(layers), 1)?;
+        Ok(builder
+            .read
+            .iter()
+            .map(|&i| plan.tensors[i].span.name.clone())
+            .collect())
+    }
+
+    /// The operations of `layers` (all when `None`): the embedding if they
+    /// start at 0, each block, the output head if they end at the last.
+    fn emit<'a>(
+        plan: &'a Plan,
+        arch: &'a dyn crate::arch::Architecture,
+        layers: Option<Range<usize>>,
+        ctx: usize,
+    ) -> Result<ProgramBuilder<'a>> {
+        let hp = arch.hyperparameters();
+        if ctx == 0 || ctx > MAX_CTX {
+            bail!("--ctx must be between 1 and {MAX_CTX}, not {ctx}");
+        }
+        let layers = layers.unwrap_or(0..hp.layers);
         if layers.start >= layers.end || layers.end > hp.layers {
             bail!(
                 "layers {}..{} are not a range of the model's {} layers",
@@ -577,6 +611,6 @@ impl Program {
             builder.gather_outputs();
             arch.head(&mut builder)?;
         }
-        builder.finish(scratch_free, threads, sequences)
+        Ok(builder)
     }
 }

@@ -66,13 +66,17 @@ impl OpenModel {
     pub fn load_plan(&self, plan_path: &Path) -> Result<Plan> {
         let text = std::fs::read_to_string(plan_path)
             .with_context(|| format!("cannot read plan {}", plan_path.display()))?;
-        let mut plan =
-            Plan::from_json(&text).with_context(|| format!("{}", plan_path.display()))?;
-        plan.check_model(&self.layout).with_context(|| {
-            format!("{} was not made from {}", plan_path.display(), self.name())
-        })?;
-        // The files just checked are the ones to read, wherever the plan was
-        // made: not whatever now lies at the paths it recorded.
+        let plan = Plan::from_json(&text).with_context(|| format!("{}", plan_path.display()))?;
+        self.checked(plan, &self.layout)
+            .with_context(|| format!("{} was not made from {}", plan_path.display(), self.name()))
+    }
+
+    /// A plan read from elsewhere, checked to be of `layout` (this model's
+    /// tensors, or the part of them one pipeline stage holds), with this
+    /// model's paths: the files just checked are the ones to read, wherever
+    /// the plan was made, not whatever now lies at the paths it recorded.
+    pub fn checked(&self, mut plan: Plan, layout: &ModelLayout) -> Result<Plan> {
+        plan.check_model(layout)?;
         for (planned, opened) in plan.model.files.iter_mut().zip(&self.layout.files) {
             planned.path.clone_from(&opened.path);
         }
