@@ -46,6 +46,11 @@ pub struct GenerateArgs {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Write the logits each generated token was drawn from to FILE: one row
+    /// of vocabulary-size f32 values (little-endian) per token, for
+    /// comparing hosts bit for bit.
+    #[arg(long, value_name = "FILE")]
+    dump_logits: Option<PathBuf>,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
@@ -106,7 +111,18 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
     let mut first_token = None;
     let mut stop = None;
     let clock = Instant::now();
+    let mut dump = match &args.dump_logits {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
     while generated.len() < args.n_predict {
+        if let Some(dump) = &mut dump {
+            let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+            dump.write_all(&bytes)?;
+        }
         let token = sampler.sample(&logits);
         first_token.get_or_insert_with(|| prompt_time + clock.elapsed());
         generated.push(token);
@@ -131,6 +147,9 @@ pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
             break;
         }
         logits = session.eval(&[token])?;
+    }
+    if let Some(mut dump) = dump {
+        dump.flush()?;
     }
     if let Some(d) = decoder {
         let rest = d.finish();

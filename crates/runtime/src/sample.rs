@@ -45,6 +45,18 @@ impl Sampler {
         }
     }
 
+    /// A sampler that goes on from a random state [`Sampler::state`] gave: a
+    /// host that keeps no sampler between calls (a pipeline's restartable
+    /// last stage) draws what one long-lived sampler would.
+    pub fn resume(config: SamplerConfig, state: u64) -> Sampler {
+        Sampler { config, state }
+    }
+
+    /// The random state after the draws so far.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next token. Ties in greedy mode go to the lowest id, as llama.cpp's
     /// greedy sampler does. NaN logits are never picked (unless all are NaN).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {

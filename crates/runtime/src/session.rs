@@ -236,6 +236,13 @@ impl Session {
         Ok(())
     }
 
+    /// The live sequence in slot `slot`: how a host that names sequences by
+    /// slot (across a process boundary) gets its id back.
+    pub fn sequence_at(&self, slot: usize) -> Result<SequenceId> {
+        self.sequence(SequenceId(slot))?;
+        Ok(SequenceId(slot))
+    }
+
     /// The tokens a sequence holds.
     pub fn sequence_tokens(&self, id: SequenceId) -> Result<&[u32]> {
         Ok(&self.sequence(id)?.tokens)
@@ -264,7 +271,12 @@ impl Session {
             let kept = rings.iter().all(|&(capacity, window)| {
                 position.saturating_sub(window - 1) >= seq.written.saturating_sub(capacity)
             });
-            if kept {
+            if position == 0 {
+                // Nothing of the cache is needed: the sequence starts over
+                // (what a pipeline stage does when a sequence is replayed).
+                seq.cached = 0;
+                seq.written = 0;
+            } else if kept {
                 seq.cached = position;
             } else if from_tokens {
                 seq.cached = 0;
