@@ -237,8 +237,8 @@ struct StageState {
 #[pymethods]
 impl Stage {
     /// Maps and instantiates a stage of `model`: layers `layers` (`(a, b)`,
-    /// all when `None`), or stage `stage` of the stage plan file
-    /// `stage_plan`. `sequences` KV caches of `ctx` tokens each; `threads`
+    /// all when `None`), or stage `stage` of `stage_plan` (a stage plan's
+    /// JSON, from `Model.plan_stages` or `shardload plan --stages`). `sequences` KV caches of `ctx` tokens each; `threads`
     /// guest instances split every operation.
     #[new]
     #[pyo3(signature = (model, layers=None, *, stage_plan=None, stage=None, ctx=4096, threads=1, sequences=1))]
@@ -246,7 +246,7 @@ impl Stage {
         py: Python<'_>,
         model: &Model,
         layers: Option<(usize, usize)>,
-        stage_plan: Option<PathBuf>,
+        stage_plan: Option<String>,
         stage: Option<usize>,
         ctx: usize,
         threads: usize,
@@ -254,16 +254,10 @@ impl Stage {
     ) -> PyResult<Stage> {
         let total = model.hp.layers;
         let (plan, layers) = match (stage_plan, stage, layers) {
-            (Some(path), Some(index), None) => {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))
-                    .map_err(to_py)?;
-                let stages = StagePlan::from_json(&text)
-                    .with_context(|| path.display().to_string())
-                    .map_err(to_py)?;
-                let stage = shardload_runtime::load_stage(&model.model, &stages, index)
-                    .with_context(|| path.display().to_string())
-                    .map_err(to_py)?;
+            (Some(text), Some(index), None) => {
+                let stages = StagePlan::from_json(&text).map_err(|e| to_py(e.into()))?;
+                let stage =
+                    shardload_runtime::load_stage(&model.model, &stages, index).map_err(to_py)?;
                 (stage.plan, stage.layers)
             }
             (None, None, Some((a, b))) => {
