@@ -87,6 +87,7 @@ class StageActor:
         return {
             "index": self.index,
             "host": self.host,
+            "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "layers": self.stage.layers,
             "embd": self.stage.embd,

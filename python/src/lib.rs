@@ -241,6 +241,8 @@ impl Stage {
     /// JSON, from `Model.plan_stages` or `shardload plan --stages`). `sequences` KV caches of `ctx` tokens each; `threads`
     /// guest instances split every operation.
     #[new]
+    // A Python signature: its callers pass keywords, not a Rust argument list.
+    #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (model, layers=None, *, stage_plan=None, stage=None, ctx=4096, threads=1, sequences=1))]
     fn new(
         py: Python<'_>,

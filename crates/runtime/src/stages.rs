@@ -8,7 +8,8 @@ use std::ops::Range;
 
 use anyhow::{Context, Result, bail};
 use shard_planner::{
-    Boundary, LayerWeights, ModelLayout, Plan, PlanOptions, Stage, StagePlan, balance_layers,
+    Boundary, LayerWeights, ModelLayout, Plan, PlanError, PlanOptions, Stage, StagePlan,
+    balance_layers,
 };
 use shardload_store::OpenModel;
 
@@ -80,11 +81,12 @@ pub fn load_stage(model: &OpenModel, stages: &StagePlan, index: usize) -> Result
     };
     let layers = Hyperparameters::read(model.gguf.metadata())?.layers;
     if stages.layers != layers {
-        bail!(
+        return Err(PlanError::WrongModel(format!(
             "the stage plan is for a model of {} layers, {} has {layers}",
             stages.layers,
             model.name()
-        );
+        ))
+        .into());
     }
     let layout = stage_layout(model, stage.layers.clone())?;
     let plan = model
