@@ -173,15 +173,24 @@ class Pipeline:
         """Every stage's info, once each has started; a stage that cannot
         start raises its own message."""
         for attempt in range(attempts):
-            try:
-                return ray.get([a.info.remote() for a in self.actors])
-            except ACTOR_FAILURES as e:
-                cause = _creation_error(e)
-                if cause is not None:
-                    raise StageError(cause) from None
-                if attempt + 1 == attempts:
-                    raise
-                time.sleep(0.5)
+            refs = [a.info.remote() for a in self.actors]
+            infos, failures, unavailable = [], [], None
+            for ref in refs:
+                try:
+                    infos.append(ray.get(ref))
+                except ACTOR_FAILURES as e:
+                    cause = _creation_error(e)
+                    if cause is None:
+                        unavailable = e
+                    else:
+                        failures.append(cause)
+            if failures:
+                raise StageError("; ".join(failures))
+            if unavailable is None:
+                return infos
+            if attempt + 1 == attempts:
+                raise unavailable
+            time.sleep(0.5)
 
     @property
     def first(self):
