@@ -79,8 +79,16 @@ class StageActor:
         except (OSError, shardload.Error) as e:
             raise StageError(f"stage {index} on {self.host} cannot map its shards: {e}") from None
         self.sequences = [self.stage.create_sequence() for _ in range(sequences)]
-        self.tokenizer = self.model.tokenizer() if self.stage.is_first else None
-        self.counts = {"calls": 0, "tokens": 0, "payload_in": 0, "serialized_in": 0, "payload_out": 0, "compute_s": 0.0}
+        # Tokenizing is the first stage's (a model without a tokenizer, such
+        # as `shardload synth`'s, runs from token ids alone).
+        self.tokenizer = None
+        if self.stage.is_first:
+            try:
+                self.tokenizer = self.model.tokenizer()
+            except shardload.ModelError as e:
+                self.no_tokenizer = str(e)
+        self.counts = {"calls": 0, "tokens": 0, "payload_in": 0, "serialized_in": 0, "payload_out": 0, "compute_s": 0.0,
+                       "decode_calls": 0, "decode_compute_s": 0.0}
 
     def info(self):
         """Where this stage runs and what it holds."""
@@ -106,9 +114,14 @@ class StageActor:
         clock = time.perf_counter()
         out = self.stage.run(batch, residual)
         counts = self.counts
-        counts["compute_s"] += time.perf_counter() - clock
+        spent = time.perf_counter() - clock
+        tokens = sum(len(ids) for _, _, ids in batch)
+        counts["compute_s"] += spent
         counts["calls"] += 1
-        counts["tokens"] += sum(len(ids) for _, _, ids in batch)
+        counts["tokens"] += tokens
+        if tokens == 1:
+            counts["decode_calls"] += 1
+            counts["decode_compute_s"] += spent
         if residual is not None:
             counts["payload_in"] += len(residual)
             counts["serialized_in"] += len(pickle.dumps(residual, protocol=5))
@@ -123,16 +136,23 @@ class StageActor:
         token = sampler.sample(row)
         return token, sampler.state, (row if with_logits else None)
 
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            raise shardload.ModelError(self.no_tokenizer)
+        return self.tokenizer
+
     def encode(self, text):
-        return self.tokenizer.encode(text)
+        return self._tokenizer().encode(text)
 
     def chat_tokens(self, messages):
-        return self.tokenizer.chat_tokens(messages)
+        return self._tokenizer().chat_tokens(messages)
 
     def decode(self, ids):
-        return self.tokenizer.decode(ids)
+        return self._tokenizer().decode(ids)
 
     def end_of_generation_ids(self):
+        if self.tokenizer is None:
+            return []
         return [i for i in range(self.tokenizer.n_tokens) if self.tokenizer.is_eog(i)]
 
 
@@ -168,6 +188,9 @@ class Pipeline:
         self.vocab = self.infos[-1]["vocab"]
         self.embd = self.infos[0]["embd"]
         self._eog = None
+        # One-token steps and their wall time, for the per-call overhead.
+        self.decode_steps = 0
+        self.decode_wall_s = 0.0
 
     def _ready(self, attempts=1):
         """Every stage's info, once each has started; a stage that cannot
@@ -251,7 +274,11 @@ class Pipeline:
         pending = list(prompt_ids)
         ids, rows = [], []
         while len(ids) < n_predict:
+            clock = time.perf_counter()
             token, state, row = self.step(sequence, history, pending, ("token", settings, state, logits))
+            if len(pending) == 1:
+                self.decode_steps += 1
+                self.decode_wall_s += time.perf_counter() - clock
             history += pending
             ids.append(token)
             rows.append(row)
@@ -278,7 +305,13 @@ class Pipeline:
                     "serialized_bytes_per_token": counts["serialized_in"] / tokens,
                 }
             )
-        return {"stages": infos, "hops": hops}
+        # A one-token step's time beyond the stages' own compute, per call
+        # (driver to stage, stage to stage through the driver, and back).
+        compute = sum(i["counts"]["decode_compute_s"] for i in infos)
+        steps = max(self.decode_steps, 1)
+        overhead = (self.decode_wall_s - compute) / (steps * len(infos))
+        return {"stages": infos, "hops": hops, "decode_steps": self.decode_steps,
+                "decode_ms_per_token": 1e3 * self.decode_wall_s / steps, "overhead_ms_per_call": 1e3 * overhead}
 
     def kill(self, stage):
         """Kills stage `stage`'s process (as a crash would); Ray restarts it."""
@@ -322,6 +355,8 @@ def _report(pipeline, ids, prompt_tokens, prompt_s, generate_s, as_json, text):
             {k: s[k] for k in ("index", "host", "layers", "mapped_bytes", "memory")} for s in stats["stages"]
         ],
         "hops": stats["hops"],
+        "decode_ms_per_token": stats["decode_ms_per_token"],
+        "overhead_ms_per_call": stats["overhead_ms_per_call"],
     }
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -340,6 +375,11 @@ def _report(pipeline, ids, prompt_tokens, prompt_s, generate_s, as_json, text):
             f"RSS {mem['rss'] / 2**20:.0f} MiB (peak {mem['peak_rss'] / 2**20:.0f}), private {mem['private'] / 2**20:.0f} MiB",
             file=sys.stderr,
         )
+    print(
+        f"decode    {summary['decode_ms_per_token']:.1f} ms per token, "
+        f"{summary['overhead_ms_per_call']:.2f} ms of it per stage call beyond the stages' compute",
+        file=sys.stderr,
+    )
     for h in summary["hops"]:
         print(
             f"hop {h['from']}->{h['to']}  {h['payload_bytes_per_token']:.0f} bytes per token "

@@ -438,7 +438,10 @@ impl Stage {
             StageOutput::Logits(rows) => rows.concat(),
             StageOutput::Residual(stream) => stream,
         };
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in &values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
         Ok(PyBytes::new(py, &bytes))
     }
 }
