@@ -439,12 +439,13 @@ def _chat(args, pipeline):
     held = []
     print("chat: type a message, an empty line or end of input to stop", file=sys.stderr)
     while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            break
+        # The prompt marker on stderr, as `shardload chat` does: stdout is the replies.
+        sys.stderr.write("> ")
+        sys.stderr.flush()
+        line = sys.stdin.readline()
         if not line.strip():
             break
+        line = line.rstrip("\n")
         messages.append({"role": "user", "content": line})
         tokens = ray.get(pipeline.first.chat_tokens.remote(messages))
         common = 0
@@ -455,7 +456,9 @@ def _chat(args, pipeline):
         print()
         reply = [t for t in ids if t not in pipeline.end_of_generation_ids()]
         messages.append({"role": "assistant", "content": ray.get(pipeline.first.decode.remote(reply))})
-        held = tokens + ids
+        # The caches hold the prompt and every reply token but the last
+        # (sampled, never fed back).
+        held = tokens + ids[:-1]
 
 
 def main(argv=None):

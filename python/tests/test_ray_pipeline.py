@@ -4,11 +4,13 @@ killed mid-generation changing nothing, and only the residual stream
 crossing between stages."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
 import shardload
-from conftest import MODELS, N_PREDICT, PROMPT
+from conftest import MODELS, N_PREDICT, PROMPT, shardload_binary
 
 ray = pytest.importorskip("ray")
 from shardload.ray import Pipeline, StageError  # noqa: E402
@@ -92,3 +94,19 @@ def test_a_stage_that_cannot_map_its_shards_names_its_machine_and_file(cluster, 
         ), refused.value
     with pytest.raises(StageError, match=r"stage \d on .* cannot map its shards: .*gemma-3-270m-q4_k_m.gguf"):
         Pipeline(str(MODELS["gemma3"]), stage_plan=plan)
+
+
+def test_chat_through_two_stages_replies_as_shardload_chat_does_turn_after_turn(cluster):
+    turns = "What is the capital of France?\nAnd of Italy?\n"
+    model = str(MODELS["smollm2"])
+    common = ["--temp", "0", "-n", "24"]
+    want = subprocess.run(
+        [str(shardload_binary()), "chat", model, "--threads", "1", *common],
+        input=turns, capture_output=True, text=True, check=True,
+    ).stdout
+    got = subprocess.run(
+        [sys.executable, "-m", "shardload.ray", "chat", model, "--stages", "2", "--address", cluster.address, *common],
+        input=turns, capture_output=True, text=True, check=True,
+    ).stdout
+    assert want.count("\n") == 2
+    assert got == want
