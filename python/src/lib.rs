@@ -120,6 +120,36 @@ impl Model {
         })
     }
 
+    /// The shard plan of the whole model, or with `layers=(a, b)` of only
+    /// the tensors those layers read, as `shardload plan --json` prints it:
+    /// exactly `shards` shards, or the fewest under `max_shard_size`, cut
+    /// between any tensors or (`boundary="layer"`) only between blocks.
+    /// What a stage of those layers maps.
+    #[pyo3(signature = (layers=None, shards=None, max_shard_size=16 << 30, boundary="tensor"))]
+    fn plan(
+        &self,
+        layers: Option<(usize, usize)>,
+        shards: Option<u32>,
+        max_shard_size: u64,
+        boundary: &str,
+    ) -> PyResult<String> {
+        let boundary = match boundary {
+            "tensor" => Boundary::Tensor,
+            "layer" => Boundary::Layer,
+            other => {
+                return Err(value_error(format!(
+                    "boundary is \"tensor\" or \"layer\", not {other:?}"
+                )));
+            }
+        };
+        let options = PlanOptions {
+            shards,
+            max_shard_size,
+            boundary,
+        };
+        Ok(self.shard_plan(layers, &options)?.0.to_json())
+    }
+
     /// Plans `stages` pipeline stages (one per machine; `memory`: each
     /// machine's free bytes, to balance against) and returns the stage plan
     /// file's JSON, as `shardload plan --stages` writes it.
@@ -147,6 +177,27 @@ impl Model {
         };
         let plan = shardload_runtime::plan_stages(&self.model, &memory, &options).map_err(to_py)?;
         Ok(plan.to_json())
+    }
+}
+
+impl Model {
+    /// The plan of `layers` (all when `None`) and the layers it covers.
+    fn shard_plan(
+        &self,
+        layers: Option<(usize, usize)>,
+        options: &PlanOptions,
+    ) -> PyResult<(shard_planner::Plan, Range<usize>)> {
+        let total = self.hp.layers;
+        match layers {
+            None => Ok((self.model.plan(options).map_err(to_py)?, 0..total)),
+            Some((a, b)) if a >= b || b > total => Err(value_error(format!(
+                "layers ({a}, {b}) are not a range of the model's {total} layers"
+            ))),
+            Some((a, b)) => Ok((
+                shardload_runtime::plan_stage(&self.model, a..b, options).map_err(to_py)?,
+                a..b,
+            )),
+        }
     }
 }
 
@@ -262,24 +313,13 @@ impl Stage {
                     shardload_runtime::load_stage(&model.model, &stages, index).map_err(to_py)?;
                 (stage.plan, stage.layers)
             }
-            (None, None, Some((a, b))) => {
-                if a >= b || b > total {
-                    return Err(value_error(format!(
-                        "layers ({a}, {b}) are not a range of the model's {total} layers"
-                    )));
-                }
-                let options = PlanOptions {
+            (None, None, layers) => model.shard_plan(
+                layers,
+                &PlanOptions {
                     boundary: Boundary::Layer,
                     ..PlanOptions::default()
-                };
-                let plan =
-                    shardload_runtime::plan_stage(&model.model, a..b, &options).map_err(to_py)?;
-                (plan, a..b)
-            }
-            (None, None, None) => (
-                model.model.plan(&PlanOptions::default()).map_err(to_py)?,
-                0..total,
-            ),
+                },
+            )?,
             _ => {
                 return Err(value_error(
                     "give layers=(a, b), or stage_plan= and stage= together, or neither".into(),

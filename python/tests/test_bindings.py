@@ -87,3 +87,19 @@ def test_a_stage_plan_from_another_model_is_a_plan_error():
         shardload.Stage(gemma, stage_plan=plan, stage=1)
     with pytest.raises(shardload.Error, match="there is no stage 2"):
         shardload.Stage(smol, stage_plan=plan, stage=2)
+
+
+def test_a_plan_of_a_layer_range_holds_exactly_the_tensors_those_layers_read():
+    import json
+
+    model = shardload.Model(MODELS["gemma3"])
+    last = model.hyperparameters["layers"] - 1
+    names = lambda plan: {t["name"] for t in json.loads(plan)["tensors"]}  # noqa: E731
+    middle = names(model.plan(layers=(3, 5)))
+    assert middle and all(n.startswith(("blk.3.", "blk.4.")) for n in middle)
+    # Gemma ties its output head to the embedding: the last stage reads it too.
+    assert {"token_embd.weight", "output_norm.weight"} <= names(model.plan(layers=(last, last + 1)))
+    assert "token_embd.weight" in names(model.plan(layers=(0, 1)))
+    assert len(json.loads(model.plan(shards=3))["shards"]) == 3
+    with pytest.raises(ValueError, match='boundary is "tensor" or "layer"'):
+        model.plan(boundary="row")
