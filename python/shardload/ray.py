@@ -82,6 +82,7 @@ class StageActor:
         # Tokenizing is the first stage's (a model without a tokenizer, such
         # as `shardload synth`'s, runs from token ids alone).
         self.tokenizer = None
+        self.no_tokenizer = f"stage {index} is not the first: only the first stage tokenizes"
         if self.stage.is_first:
             try:
                 self.tokenizer = self.model.tokenizer()
