@@ -468,7 +468,11 @@ def main(argv=None):
         description="Run a model split by layers over the machines of a Ray cluster: one stage per machine, "
         "only the residual stream (embd floats per token) crossing between them.",
         epilog="Stage i runs on a node started with --resources '{\"shardload_stage_i\": 1}', "
-        "or anywhere when no node declares it. Without --address, a one-node cluster is started here.",
+        "or anywhere when no node declares it. Without --address, a one-node cluster is started here. "
+        "Examples: `python -m shardload.ray generate model.gguf --stages 3 -p 'Once upon a time' -n 64`; "
+        "`shardload plan model.gguf --stages 3 -o stages.json` then "
+        "`python -m shardload.ray chat model.gguf --plan stages.json --address HEAD:6379`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("generate", "continue a prompt"), ("chat", "talk with the model (its chat template)")):
@@ -481,10 +485,10 @@ def main(argv=None):
         p.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
         p.add_argument("--threads", type=int, default=1, help="guest threads per stage (default 1)")
         p.add_argument("--temp", type=float, default=0.8, help="temperature, 0 is greedy (default 0.8)")
-        p.add_argument("--top-k", type=int, default=40)
-        p.add_argument("--top-p", type=float, default=0.95)
-        p.add_argument("--min-p", type=float, default=0.05)
-        p.add_argument("--seed", type=int, default=0xC0FFEE)
+        p.add_argument("--top-k", type=int, default=40, help="sample among the K most likely (0: all; default 40)")
+        p.add_argument("--top-p", type=float, default=0.95, help="among those reaching probability P (default 0.95)")
+        p.add_argument("--min-p", type=float, default=0.05, help="drop tokens below P x the best (default 0.05)")
+        p.add_argument("--seed", type=int, default=0xC0FFEE, help="the draw's seed: the same seed, the same text")
         if name == "generate":
             p.add_argument("-p", "--prompt", required=True, help="the prompt text")
             p.add_argument("--json", action="store_true", help="print one JSON object (ids, text, per-stage figures)")
