@@ -467,11 +467,12 @@ def main(argv=None):
         prog="python -m shardload.ray",
         description="Run a model split by layers over the machines of a Ray cluster: one stage per machine, "
         "only the residual stream (embd floats per token) crossing between them.",
-        epilog="Stage i runs on a node started with --resources '{\"shardload_stage_i\": 1}', "
-        "or anywhere when no node declares it. Without --address, a one-node cluster is started here. "
-        "Examples: `python -m shardload.ray generate model.gguf --stages 3 -p 'Once upon a time' -n 64`; "
-        "`shardload plan model.gguf --stages 3 -o stages.json` then "
-        "`python -m shardload.ray chat model.gguf --plan stages.json --address HEAD:6379`.",
+        epilog="Stage i runs on a node started with --resources '{\"shardload_stage_i\": 1}',\n"
+        "or anywhere when no node declares it. Without --address, a one-node cluster starts here.\n\n"
+        "examples:\n"
+        "  python -m shardload.ray generate model.gguf --stages 3 -p 'Once upon a time' -n 64\n"
+        "  shardload plan model.gguf --stages 3 -o stages.json\n"
+        "  python -m shardload.ray chat model.gguf --plan stages.json --address HEAD:6379\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
