@@ -48,6 +48,8 @@ enum Command {
   shardload plan llama-70b-00001-of-00004.gguf                  # fewest 16 GiB shards
   shardload plan model.gguf --max-shard-size 4GiB --boundary layer -o plan.json
   shardload plan model.gguf --shards 4 --json | jq '.shards[].bytes'
+  shardload plan llama-3-70b.gguf --stages 3 -o stages.json     # one stage per machine, for python -m shardload.ray
+  shardload plan llama-3-70b.gguf --stages 3 --stage-memory 20GiB,20GiB,8GiB
 
 A split set is read whole from its first file (name-00001-of-0000N.gguf).")]
     Plan(PlanArgs),

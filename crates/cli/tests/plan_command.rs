@@ -154,3 +154,78 @@ fn help_teaches_with_examples() {
             && text.contains("--boundary")
     );
 }
+
+#[test]
+fn stages_cover_the_layers_and_each_holds_only_the_tensors_its_layers_read() {
+    let path = model(GEMMA);
+    let output = shardload(&["plan", path.to_str().unwrap(), "--stages", "3", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["format"], "shardload-stages/1");
+    let stages = plan["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 3);
+    let mut next = 0;
+    for (index, stage) in stages.iter().enumerate() {
+        let (start, end) = (
+            stage["layers"]["start"].as_u64().unwrap(),
+            stage["layers"]["end"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            start, next,
+            "stage {index} starts where the one before ended"
+        );
+        assert!(end > start);
+        next = end;
+        for t in stage["plan"]["tensors"].as_array().unwrap() {
+            let name = t["name"].as_str().unwrap();
+            let block = name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next())
+                .map(|b| b.parse::<u64>().unwrap());
+            match block {
+                Some(b) => assert!((start..end).contains(&b), "stage {index} holds {name}"),
+                // Gemma ties its head to the embedding: the first and the last stage read it.
+                None => assert!(index == 0 || index == 2, "stage {index} holds {name}"),
+            }
+        }
+    }
+    assert_eq!(next, plan["layers"].as_u64().unwrap());
+}
+
+#[test]
+fn a_stage_that_cannot_fit_its_machine_is_named_with_what_it_needs() {
+    let path = model(GEMMA);
+    let output = shardload(&[
+        "plan",
+        path.to_str().unwrap(),
+        "--stages",
+        "2",
+        "--stage-memory",
+        "100MiB,1GiB",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("stage 0 (layers 0..1) needs 182253568 bytes (173.8 MiB) but its machine has 104857600 bytes (100.0 MiB) free"),
+        "{}",
+        stderr(&output)
+    );
+    let output = shardload(&[
+        "plan",
+        path.to_str().unwrap(),
+        "--stages",
+        "2",
+        "--stage-memory",
+        "1GiB",
+    ]);
+    assert!(
+        stderr(&output).contains("--stage-memory gives 1 sizes for --stages 2"),
+        "{}",
+        stderr(&output)
+    );
+    let output = shardload(&["plan", path.to_str().unwrap(), "--stages", "19"]);
+    assert!(
+        stderr(&output).contains("cannot make 19 stages: the model has only 18 layers"),
+        "{}",
+        stderr(&output)
+    );
+}
