@@ -18,10 +18,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 
-import shardload  # noqa: E402
-from shardload.ray import Pipeline  # noqa: E402
+from shardload.ray import Pipeline, local_cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,39 +69,39 @@ def main():
     parser.add_argument("-n", type=int, default=16)
     parser.add_argument("--prompt-tokens", default="1,2,3,4,5,6,7,8", help="prompt token ids (a synthetic model has no tokenizer)")
     args = parser.parse_args()
-    small = {"num_cpus": 1, "object_store_memory": 100_000_000}
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={**small, "include_dashboard": False, "resources": {"shardload_stage_0": 1}})
-    for i in (1, 2):
-        cluster.add_node(**small, resources={f"shardload_stage_{i}": 1})
-    ray.init(address=cluster.address, logging_level="warning")
-    try:
-        prompt_ids = [int(t) for t in args.prompt_tokens.split(",")]
-        counts = [int(s) for s in args.stages.split(",")]
-        best = {}
-        for _ in range(args.rounds):
-            runs = [("generate", None)] + [(f"{c} stages", c) for c in counts]
-            for name, c in runs:
-                r = one_node(args.model, prompt_ids, args.n) if c is None else staged(args.model, c, prompt_ids, args.n)
-                if name not in best or r["tok_s"] > best[name]["tok_s"]:
-                    best[name] = r
-        print(f"CPU: {cpu_name()}; {args.model}; best of {args.rounds} interleaved rounds, {args.n} tokens, 1 thread per stage")
-        base = best["generate"]["tok_s"]
-        for name, r in best.items():
-            line = f"{name:>10}: {r['tok_s']:6.2f} tok/s ({r['tok_s'] / base:.2f}x generate)"
-            if "stages" in r:
-                line += f", {r['overhead_ms_per_call']:.2f} ms per stage call beyond compute, hops {r['hops']} bytes/token"
-                for i, s in enumerate(r["stages"]):
-                    line += (f"\n            stage {i} layers {s['layers'][0]}..{s['layers'][1]}: mapped {s['mapped'] / 2**30:.2f} GiB, "
-                             f"peak RSS {s['peak_rss'] / 2**30:.2f} GiB, private {s['private'] / 2**20:.0f} MiB")
-            else:
-                line += f", RSS {r['rss'] / 2**30:.2f} GiB, private {r['private'] / 2**20:.0f} MiB"
-            print(line)
-        same = all(r["tokens"] == best["generate"]["tokens"] for r in best.values())
-        print(f"greedy ids equal across all: {same}")
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with local_cluster(3) as address:
+        ray.init(address=address, logging_level="warning")
+        try:
+            run(args)
+        finally:
+            ray.shutdown()
+
+
+def run(args):
+    """The interleaved rounds and the report."""
+    prompt_ids = [int(t) for t in args.prompt_tokens.split(",")]
+    counts = [int(s) for s in args.stages.split(",")]
+    best = {}
+    for _ in range(args.rounds):
+        runs = [("generate", None)] + [(f"{c} stages", c) for c in counts]
+        for name, c in runs:
+            r = one_node(args.model, prompt_ids, args.n) if c is None else staged(args.model, c, prompt_ids, args.n)
+            if name not in best or r["tok_s"] > best[name]["tok_s"]:
+                best[name] = r
+    print(f"CPU: {cpu_name()}; {args.model}; best of {args.rounds} interleaved rounds, {args.n} tokens, 1 thread per stage")
+    base = best["generate"]["tok_s"]
+    for name, r in best.items():
+        line = f"{name:>10}: {r['tok_s']:6.2f} tok/s ({r['tok_s'] / base:.2f}x generate)"
+        if "stages" in r:
+            line += f", {r['overhead_ms_per_call']:.2f} ms per stage call beyond compute, hops {r['hops']} bytes/token"
+            for i, s in enumerate(r["stages"]):
+                line += (f"\n            stage {i} layers {s['layers'][0]}..{s['layers'][1]}: mapped {s['mapped'] / 2**30:.2f} GiB, "
+                         f"peak RSS {s['peak_rss'] / 2**30:.2f} GiB, private {s['private'] / 2**20:.0f} MiB")
+        else:
+            line += f", RSS {r['rss'] / 2**30:.2f} GiB, private {r['private'] / 2**20:.0f} MiB"
+        print(line)
+    same = all(r["tokens"] == best["generate"]["tokens"] for r in best.values())
+    print(f"greedy ids equal across all: {same}")
 
 
 if __name__ == "__main__":

@@ -31,25 +31,7 @@ __all__ = [
     "Stage",
     "Tokenizer",
     "generate",
-    "stream_text",
 ]
-
-
-def stream_text(tokenizer, ids):
-    """Yields the text each new id in `ids` adds (an iterable of ids),
-    holding back a cut multi-byte character until it is whole."""
-    seen = []
-    shown = 0
-    for token in ids:
-        seen.append(token)
-        text = tokenizer.decode(seen)
-        if text.endswith("\ufffd"):
-            continue
-        yield text[shown:]
-        shown = len(text)
-    text = tokenizer.decode(seen)
-    if len(text) > shown:
-        yield text[shown:]
 
 
 def generate(

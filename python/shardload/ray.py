@@ -21,6 +21,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import pickle  # noqa: E402
@@ -99,8 +100,6 @@ class StageActor:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "layers": self.stage.layers,
-            "embd": self.stage.embd,
-            "vocab": self.stage.vocab,
             "mapped_bytes": self.stage.mapped_bytes,
             "memory": _memory(),
             "counts": dict(self.counts),
@@ -169,8 +168,7 @@ class Pipeline:
             if stages is None:
                 raise ValueError("give stages= or stage_plan=")
             stage_plan = shardload.Model(model_path).plan_stages(stages)
-        self.plan = json.loads(stage_plan)
-        count = len(self.plan["stages"])
+        count = len(json.loads(stage_plan)["stages"])
         if stages is not None and stages != count:
             raise ValueError(f"the stage plan has {count} stages, not {stages}")
         resources = ray.cluster_resources()
@@ -186,8 +184,6 @@ class Pipeline:
                 StageActor.options(**placement).remote(model_path, self._plan_ref, index, ctx, threads, sequences)
             )
         self.infos = self._ready()
-        self.vocab = self.infos[-1]["vocab"]
-        self.embd = self.infos[0]["embd"]
         self._eog = None
         # One-token steps and their wall time, for the per-call overhead.
         self.decode_steps = 0
@@ -320,6 +316,29 @@ class Pipeline:
         node = self.infos[stage]["host"]
         os.kill(pid, 9)
         return pid, node
+
+
+@contextlib.contextmanager
+def local_cluster(nodes=3):
+    """Yields the address of a Ray cluster of `nodes` nodes on this
+    machine, node i declaring `shardload_stage_i`, each with one CPU and a
+    100 MB object store (the default reserves 30% of memory per node), no
+    dashboard: stages on separate nodes without separate machines, as the
+    tests and `python/bench/stages.py` run them. Every node is ended by its
+    own processes when the block ends, however it ends."""
+    from ray.cluster_utils import Cluster
+
+    small = {"num_cpus": 1, "object_store_memory": 100_000_000}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={**small, "include_dashboard": False, "resources": {STAGE_RESOURCE.format(0): 1}},
+    )
+    try:
+        for i in range(1, nodes):
+            cluster.add_node(**small, resources={STAGE_RESOURCE.format(i): 1})
+        yield cluster.address
+    finally:
+        cluster.shutdown()
 
 
 def _creation_error(error):

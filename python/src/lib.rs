@@ -57,6 +57,20 @@ fn value_error(message: String) -> PyErr {
     PyValueError::new_err(message)
 }
 
+/// f32 values from little-endian bytes (what `Stage.run` returns and takes).
+fn f32s(bytes: &[u8], what: &str) -> PyResult<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(value_error(format!(
+            "{what} is {} bytes, not whole f32 values",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
 /// A GGUF model, opened and validated (every header field and tensor
 /// checked) but not mapped: stages map their part of it.
 #[pyclass(frozen, module = "shardload")]
@@ -113,7 +127,8 @@ impl Model {
         let tokenizer = shardload_tokenizer::Tokenizer::from_gguf(self.model.gguf.metadata())
             .context("the model's tokenizer")
             .map_err(to_py)?;
-        let template = ChatTemplate::from_gguf(self.model.gguf.metadata()).ok();
+        let template =
+            ChatTemplate::from_gguf(self.model.gguf.metadata()).map_err(|e| format!("{e:#}"));
         Ok(Tokenizer {
             tokenizer,
             template,
@@ -205,7 +220,8 @@ impl Model {
 #[pyclass(frozen, module = "shardload")]
 struct Tokenizer {
     tokenizer: shardload_tokenizer::Tokenizer,
-    template: Option<ChatTemplate>,
+    /// The chat template, or why the model has none usable.
+    template: Result<ChatTemplate, String>,
 }
 
 #[pymethods]
@@ -244,9 +260,10 @@ impl Tokenizer {
         &self,
         messages: Vec<std::collections::HashMap<String, String>>,
     ) -> PyResult<Vec<u32>> {
-        let template = self.template.as_ref().ok_or_else(|| {
-            Error::new_err("the model has no chat template (tokenizer.chat_template)")
-        })?;
+        let template = self
+            .template
+            .as_ref()
+            .map_err(|e| Error::new_err(e.clone()))?;
         let messages = messages
             .iter()
             .enumerate()
@@ -431,21 +448,10 @@ impl Stage {
         batch: Vec<(usize, usize, Vec<u32>)>,
         residual: Option<&[u8]>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let residual = residual
-            .map(|bytes| {
-                if !bytes.len().is_multiple_of(4) {
-                    return Err(value_error(format!(
-                        "the residual is {} bytes, not whole f32 values",
-                        bytes.len()
-                    )));
-                }
-                Ok(bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect::<Vec<f32>>())
-            })
-            .transpose()?;
+        let residual = residual.map(|b| f32s(b, "the residual")).transpose()?;
         let mut state = self.lock()?;
+        // Every entry is checked before any sequence is cut back: a refused
+        // batch leaves every sequence as it was.
         let mut entries = Vec::with_capacity(batch.len());
         for (i, (sequence, position, _)) in batch.iter().enumerate() {
             let id = Self::sequence(&state, *sequence)?;
@@ -455,13 +461,15 @@ impl Stage {
                     "batch[{i}]: sequence {sequence} holds {held} tokens, so its next tokens go at position {held}, not {position}"
                 )));
             }
+            entries.push((id, held));
+        }
+        for (&(id, held), (_, position, _)) in entries.iter().zip(&batch) {
             if *position < held {
                 state
                     .session
                     .truncate_sequence(id, *position)
                     .map_err(to_py)?;
             }
-            entries.push(id);
         }
         let session = &mut state.session;
         let output = py
@@ -469,7 +477,7 @@ impl Stage {
                 let entries: Vec<(SequenceId, &[u32])> = entries
                     .iter()
                     .zip(&batch)
-                    .map(|(&id, (_, _, tokens))| (id, tokens.as_slice()))
+                    .map(|(&(id, _), (_, _, tokens))| (id, tokens.as_slice()))
                     .collect();
                 session.run(&entries, residual.as_deref())
             })
@@ -544,16 +552,10 @@ impl Sampler {
     /// The next token from one row of logits (f32 little-endian bytes, as
     /// [`Stage::run`] gives them).
     fn sample(&self, logits: &[u8]) -> PyResult<u32> {
-        if logits.is_empty() || !logits.len().is_multiple_of(4) {
-            return Err(value_error(format!(
-                "logits are {} bytes, not one or more f32 values",
-                logits.len()
-            )));
+        let values = f32s(logits, "the logits")?;
+        if values.is_empty() {
+            return Err(value_error("the logits are empty".into()));
         }
-        let values: Vec<f32> = logits
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
         let mut sampler = self
             .sampler
             .lock()

@@ -48,22 +48,15 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cluster():
-    """Three Ray nodes on this machine, node i declaring `shardload_stage_i`:
-    one CPU each, no dashboard, a 100 MB object store each (the default
-    would reserve 30% of memory per node)."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_prestart_worker_first_driver"] = "0"
+    """Three Ray nodes on this machine (`shardload.ray.local_cluster`), the
+    test process connected to them as the driver; its address."""
     import ray
-    from ray.cluster_utils import Cluster
 
-    small = {"num_cpus": 1, "object_store_memory": 100_000_000}
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={**small, "include_dashboard": False, "resources": {"shardload_stage_0": 1}},
-    )
-    for i in (1, 2):
-        cluster.add_node(**small, resources={f"shardload_stage_{i}": 1})
-    ray.init(address=cluster.address, logging_level="warning")
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    from shardload.ray import local_cluster
+
+    with local_cluster(3) as address:
+        ray.init(address=address, logging_level="warning")
+        try:
+            yield address
+        finally:
+            ray.shutdown()

@@ -105,7 +105,7 @@ def test_chat_through_two_stages_replies_as_shardload_chat_does_turn_after_turn(
         input=turns, capture_output=True, text=True, check=True,
     ).stdout
     got = subprocess.run(
-        [sys.executable, "-m", "shardload.ray", "chat", model, "--stages", "2", "--address", cluster.address, *common],
+        [sys.executable, "-m", "shardload.ray", "chat", model, "--stages", "2", "--address", cluster, *common],
         input=turns, capture_output=True, text=True, check=True,
     ).stdout
     assert want.count("\n") == 2

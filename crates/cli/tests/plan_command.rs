@@ -195,37 +195,24 @@ fn stages_cover_the_layers_and_each_holds_only_the_tensors_its_layers_read() {
 #[test]
 fn a_stage_that_cannot_fit_its_machine_is_named_with_what_it_needs() {
     let path = model(GEMMA);
-    let output = shardload(&[
-        "plan",
-        path.to_str().unwrap(),
-        "--stages",
-        "2",
-        "--stage-memory",
-        "100MiB,1GiB",
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("stage 0 (layers 0..1) needs 182253568 bytes (173.8 MiB) but its machine has 104857600 bytes (100.0 MiB) free"),
-        "{}",
+    let stages = |extra: &[&str]| {
+        let output = shardload(&[&["plan", path.to_str().unwrap(), "--stages"], extra].concat());
+        assert_eq!(output.status.code(), Some(1));
         stderr(&output)
+    };
+    let refused = stages(&["2", "--stage-memory", "100MiB,1GiB"]);
+    assert!(
+        refused.contains("stage 0 (layers 0..1) needs 182253568 bytes (173.8 MiB) but its machine has 104857600 bytes (100.0 MiB) free"),
+        "{refused}"
     );
-    let output = shardload(&[
-        "plan",
-        path.to_str().unwrap(),
-        "--stages",
-        "2",
-        "--stage-memory",
-        "1GiB",
-    ]);
+    let refused = stages(&["2", "--stage-memory", "1GiB"]);
     assert!(
-        stderr(&output).contains("--stage-memory gives 1 sizes for --stages 2"),
-        "{}",
-        stderr(&output)
+        refused.contains("--stage-memory gives 1 sizes for --stages 2"),
+        "{refused}"
     );
-    let output = shardload(&["plan", path.to_str().unwrap(), "--stages", "19"]);
+    let refused = stages(&["19"]);
     assert!(
-        stderr(&output).contains("cannot make 19 stages: the model has only 18 layers"),
-        "{}",
-        stderr(&output)
+        refused.contains("cannot make 19 stages: the model has only 18 layers"),
+        "{refused}"
     );
 }

@@ -19,20 +19,38 @@ use crate::program::Program;
 /// The part of `model`'s tensor table that layers `layers` read: the blocks,
 /// the embedding for a first stage, the output head for a last one.
 pub fn stage_layout(model: &OpenModel, layers: Range<usize>) -> Result<ModelLayout> {
-    // A one-shard plan of the whole model only resolves names; nothing is mapped.
-    let whole = model.plan(&PlanOptions {
+    layout_of(model, &name_table(model)?, layers)
+}
+
+/// A one-shard plan of the whole model: all the program builder needs to
+/// resolve tensor names and check their shapes. Nothing is mapped.
+fn name_table(model: &OpenModel) -> Result<Plan> {
+    model.plan(&PlanOptions {
         shards: Some(1),
         max_shard_size: u64::MAX >> 2,
         boundary: Boundary::Tensor,
-    })?;
-    let names = Program::tensors_read(&whole, model.gguf.metadata(), layers)?;
-    let names: std::collections::HashSet<String> = names.into_iter().collect();
-    Ok(model.layout.only(|name| names.contains(name)))
+    })
+}
+
+/// [`stage_layout`] with the name table already made.
+fn layout_of(model: &OpenModel, names: &Plan, layers: Range<usize>) -> Result<ModelLayout> {
+    let read = Program::tensors_read(names, model.gguf.metadata(), layers)?;
+    let read: std::collections::HashSet<String> = read.into_iter().collect();
+    Ok(model.layout.only(|name| read.contains(name)))
 }
 
 /// The shard plan of one stage: only the tensors layers `layers` read.
 pub fn plan_stage(model: &OpenModel, layers: Range<usize>, options: &PlanOptions) -> Result<Plan> {
-    let layout = stage_layout(model, layers.clone())?;
+    stage_plan_of(model, &name_table(model)?, layers, options)
+}
+
+fn stage_plan_of(
+    model: &OpenModel,
+    names: &Plan,
+    layers: Range<usize>,
+    options: &PlanOptions,
+) -> Result<Plan> {
+    let layout = layout_of(model, names, layers.clone())?;
     Plan::new(&layout, options).with_context(|| {
         format!(
             "cannot plan layers {}..{} of {}",
@@ -52,7 +70,8 @@ pub fn plan_stages(
     options: &PlanOptions,
 ) -> Result<StagePlan> {
     let layers = Hyperparameters::read(model.gguf.metadata())?.layers;
-    let weights = layer_weights(model, layers)?;
+    let names = name_table(model)?;
+    let weights = layer_weights(model, &names, layers)?;
     let cuts = balance_layers(&weights, memory)
         .with_context(|| format!("cannot stage {}", model.name()))?;
     let stages = cuts
@@ -60,7 +79,7 @@ pub fn plan_stages(
         .zip(memory)
         .map(|(layers, &memory)| {
             Ok(Stage {
-                plan: plan_stage(model, layers.clone(), options)?,
+                plan: stage_plan_of(model, &names, layers.clone(), options)?,
                 layers,
                 memory,
             })
@@ -106,7 +125,7 @@ pub fn load_stage(model: &OpenModel, stages: &StagePlan, index: usize) -> Result
 }
 
 /// What each block weighs, and what the first and last stages hold besides.
-fn layer_weights(model: &OpenModel, layers: usize) -> Result<LayerWeights> {
+fn layer_weights(model: &OpenModel, names: &Plan, layers: usize) -> Result<LayerWeights> {
     let mut blocks = vec![0u64; layers];
     for t in &model.layout.tensors {
         if let Some(block) = ModelLayout::block_of(&t.name).and_then(|b| usize::try_from(b).ok())
@@ -116,7 +135,7 @@ fn layer_weights(model: &OpenModel, layers: usize) -> Result<LayerWeights> {
         }
     }
     let outside_blocks = |range: Range<usize>| -> Result<u64> {
-        let layout = stage_layout(model, range)?;
+        let layout = layout_of(model, names, range)?;
         Ok(layout
             .tensors
             .iter()
